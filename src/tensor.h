@@ -1,0 +1,148 @@
+/* tensor.h: element types, quant block layouts, and the kernels that read them.
+ *
+ * Type ids and block layouts are GGML's, bit for bit, so GGUF files written by
+ * other tools load. Per-type behaviour lives in one table (spud_type_info).
+ *
+ * Matrix products follow one scheme: the activation row x (f32) is first
+ * converted to the weight type's `vec_dot_type` (Q8_0 for Q4_0/Q8_0, Q8_K for
+ * Q4_K/Q6_K, F32 for F32/F16/BF16), then `vec_dot` computes one weight row
+ * times one converted activation row. Every kernel has a scalar `*_ref`
+ * version; SIMD versions (AVX2, AVX-512) are picked at run time by
+ * spud_kernels_init() and must match the reference within the bounds that
+ * tests/test_kernels.c states.
+ */
+#ifndef SPUD_TENSOR_H
+#define SPUD_TENSOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    SPUD_TYPE_F32 = 0,
+    SPUD_TYPE_F16 = 1,
+    SPUD_TYPE_Q4_0 = 2,
+    SPUD_TYPE_Q8_0 = 8,
+    SPUD_TYPE_Q4_K = 12,
+    SPUD_TYPE_Q6_K = 14,
+    SPUD_TYPE_Q8_K = 15, /* activations only */
+    SPUD_TYPE_BF16 = 30,
+    SPUD_TYPE_COUNT = 40, /* table size; ids GGML defines but we do not support have no traits */
+} spud_type;
+
+#define QK4_0 32
+#define QK8_0 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+typedef uint16_t spud_f16;  /* IEEE half, raw bits */
+typedef uint16_t spud_bf16; /* bfloat16, raw bits */
+
+typedef struct {
+    spud_f16 d;          /* scale */
+    uint8_t qs[QK4_0 / 2]; /* nibbles: low nibble = element j, high = element j + 16 */
+} block_q4_0;
+_Static_assert(sizeof(block_q4_0) == 2 + QK4_0 / 2, "block_q4_0 size");
+
+typedef struct {
+    spud_f16 d;
+    int8_t qs[QK8_0];
+} block_q8_0;
+_Static_assert(sizeof(block_q8_0) == 2 + QK8_0, "block_q8_0 size");
+
+typedef struct {
+    spud_f16 d;                  /* super-block scale for the quantized scales */
+    spud_f16 dmin;               /* super-block scale for the quantized mins */
+    uint8_t scales[K_SCALE_SIZE]; /* 8 scales and 8 mins, 6 bits each */
+    uint8_t qs[QK_K / 2];        /* 4-bit quants */
+} block_q4_K;
+_Static_assert(sizeof(block_q4_K) == 4 + K_SCALE_SIZE + QK_K / 2, "block_q4_K size");
+
+typedef struct {
+    uint8_t ql[QK_K / 2];      /* quants, lower 4 bits */
+    uint8_t qh[QK_K / 4];      /* quants, upper 2 bits */
+    int8_t scales[QK_K / 16];  /* 8-bit scales */
+    spud_f16 d;                /* super-block scale */
+} block_q6_K;
+_Static_assert(sizeof(block_q6_K) == QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, "block_q6_K size");
+
+typedef struct {
+    float d;                  /* delta */
+    int8_t qs[QK_K];          /* quants */
+    int16_t bsums[QK_K / 16]; /* sum of quants in groups of 16 */
+} block_q8_K;
+_Static_assert(sizeof(block_q8_K) == 4 + QK_K + 2 * QK_K / 16, "block_q8_K size");
+
+/* y[0..n) = dequantize(x) */
+typedef void (*spud_to_float_fn)(const void *x, float *y, int64_t n);
+/* y = quantize(x), n a multiple of the block size */
+typedef void (*spud_from_float_fn)(const float *x, void *y, int64_t n);
+/* *s = sum_i w[i] * x[i]; w in the weight type, x in its vec_dot_type */
+typedef void (*spud_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x);
+
+typedef struct {
+    const char *name;   /* "f32", "q4_K", ... as GGML names them */
+    int64_t block_size; /* elements per block */
+    size_t type_size;   /* bytes per block */
+    bool is_quantized;
+    spud_type vec_dot_type;
+    spud_to_float_fn to_float;        /* dispatched (SIMD where available) */
+    spud_from_float_fn from_float;    /* dispatched; quantize an activation row */
+    spud_from_float_fn from_float_ref; /* reference quantizer (used for weights, gen-model) */
+    spud_vec_dot_fn vec_dot;          /* dispatched */
+    spud_vec_dot_fn vec_dot_ref;      /* scalar reference */
+} spud_type_info;
+
+/* Traits of a type, or NULL for an id we do not support (or out of range). */
+const spud_type_info *spud_type_get(uint32_t type);
+/* Name for any GGML type id, supported or not ("q5_1", "iq2_xs", ... or "type42"). */
+const char *spud_type_name(uint32_t type);
+/* Parse "q4_0", "Q4_K", "f16", ... (case-insensitive); returns -1 if unknown. */
+int spud_type_from_name(const char *name);
+/* Bytes of a row of n elements; 0 if n is not a multiple of the block size. */
+size_t spud_row_size(spud_type t, int64_t n);
+
+/* Pick SIMD variants for this CPU (idempotent, thread-safe). `force_scalar`
+ * (also env SPUD_SCALAR=1) keeps the references. Returns the chosen ISA name
+ * ("avx512", "avx2", "scalar"). */
+const char *spud_kernels_init(bool force_scalar);
+
+/* fp16 / bf16 conversions (exact; round to nearest even on the way down). */
+float spud_f16_to_f32(spud_f16 h);
+spud_f16 spud_f32_to_f16(float f);
+float spud_bf16_to_f32(spud_bf16 h);
+spud_bf16 spud_f32_to_bf16(float f);
+
+/* ---- reference kernels (scalar), exported for tests ---- */
+void spud_dequant_f32_ref(const void *x, float *y, int64_t n);
+void spud_dequant_f16_ref(const void *x, float *y, int64_t n);
+void spud_dequant_bf16_ref(const void *x, float *y, int64_t n);
+void spud_dequant_q4_0_ref(const void *x, float *y, int64_t n);
+void spud_dequant_q8_0_ref(const void *x, float *y, int64_t n);
+void spud_dequant_q4_K_ref(const void *x, float *y, int64_t n);
+void spud_dequant_q6_K_ref(const void *x, float *y, int64_t n);
+void spud_dequant_q8_K_ref(const void *x, float *y, int64_t n);
+
+void spud_quant_f32_ref(const float *x, void *y, int64_t n);
+void spud_quant_f16_ref(const float *x, void *y, int64_t n);
+void spud_quant_bf16_ref(const float *x, void *y, int64_t n);
+void spud_quant_q4_0_ref(const float *x, void *y, int64_t n);
+void spud_quant_q8_0_ref(const float *x, void *y, int64_t n);
+void spud_quant_q4_K_ref(const float *x, void *y, int64_t n);
+void spud_quant_q6_K_ref(const float *x, void *y, int64_t n);
+void spud_quant_q8_K_ref(const float *x, void *y, int64_t n);
+
+void spud_vec_dot_f32_ref(int64_t n, float *s, const void *w, const void *x);
+void spud_vec_dot_f16_ref(int64_t n, float *s, const void *w, const void *x);  /* x: f32 */
+void spud_vec_dot_bf16_ref(int64_t n, float *s, const void *w, const void *x); /* x: f32 */
+void spud_vec_dot_q4_0_q8_0_ref(int64_t n, float *s, const void *w, const void *x);
+void spud_vec_dot_q8_0_q8_0_ref(int64_t n, float *s, const void *w, const void *x);
+void spud_vec_dot_q4_K_q8_K_ref(int64_t n, float *s, const void *w, const void *x);
+void spud_vec_dot_q6_K_q8_K_ref(int64_t n, float *s, const void *w, const void *x);
+
+/* ---- f32 vector helpers used by the forward pass (dispatched) ---- */
+float spud_dot_f32(const float *a, const float *b, int64_t n);
+/* y += a * x */
+void spud_axpy_f32(float *y, float a, const float *x, int64_t n);
+
+#endif

@@ -10,6 +10,7 @@
 #define SPUD_GGUF_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core.h"
@@ -129,5 +130,20 @@ spud_status spud_gguf_writer_add_tensor(spud_gguf_writer *w, const char *name, u
                                         uint64_t nbytes);
 /* Write to path (via a temporary file renamed into place). Uses general.alignment if set. */
 spud_status spud_gguf_writer_write(spud_gguf_writer *w, const char *path);
+
+/* ---- more accessors ---- */
+/* File offset of the data section (a multiple of the alignment; may equal or
+ * exceed the file size when no tensor has data, as in vocab-only files). */
+uint64_t spud_gguf_data_offset(const spud_gguf *g);
+/* The name used in messages: the path given to spud_gguf_open, or "<memory>". */
+const char *spud_gguf_name(const spud_gguf *g);
+/* Bytes of one element of a fixed-size value type; 0 for STRING, ARRAY or unknown. */
+size_t spud_gguf_type_size(spud_gguf_type t);
+/* Element i of a fixed-size array kv, read safely from the (possibly
+ * unaligned) little-endian arr_data. Integers and bools widen (a uint64 above
+ * INT64_MAX wraps); spud_gguf_arr_int gives 0 for float elements, and both
+ * give 0 when kv is not such an array or i >= arr_n. */
+int64_t spud_gguf_arr_int(const spud_gguf_kv *kv, uint64_t i);
+double spud_gguf_arr_float(const spud_gguf_kv *kv, uint64_t i);
 
 #endif

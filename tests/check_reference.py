@@ -3,7 +3,8 @@
 
 Models:
   * `$SPUD gen-model` for arch llama / qwen2 / qwen3 x type f32 f16 bf16 q8_0 q4_0 q4_k q6_k, plus q4_k_m
-    made with `$SPUD quantize F32 OUT q4_k_m`, plus tied-embedding and plain multi-head variants;
+    made with `$SPUD quantize F32 OUT q4_k_m`, plus tied-embedding, plain multi-head, --head-dim and
+    --rope-freqs variants;
   * a few files written by this script itself (its own GGUF writer, tokenizer copied from a shared fixture)
     for what gen-model may not produce: qwen3 with attention.key_length != dim / heads, llama with a
     Llama-3.1 style rope_freqs.weight tensor and rope base 5e5.
@@ -215,7 +216,11 @@ def model_specs(quick):
               ("qwen2-q8_0-tied", "qwen2", "q8_0", ("gen", small + ["--tied"])),
               ("llama-q8_0-mha", "llama", "q8_0", ("gen", mha)),
               ("qwen3-f16-mha-tied", "qwen3", "f16", ("gen", mha + ["--tied"]))]
+    specs += [("qwen3-q8_0-hd64", "qwen3", "q8_0", ("gen", small + ["--head-dim", "64"])),
+              ("llama-f32-ropefreqs", "llama", "f32", ("gen", small + ["--rope-freqs", "--rope-base", "500000"]))]
     if not quick:
+        specs.append(("llama-q6_k-hd128-rf", "llama", "q6_k",
+                      ("gen", kq + ["--head-dim", "128", "--rope-freqs", "--rope-base", "500000"])))
         specs.append(("qwen2-q4_k-mha", "qwen2", "q4_k",
                       ("gen", ["--dim", "256", "--layers", "2", "--heads", "4", "--kv-heads", "4", "--ffn", "512",
                                "--vocab", "512"])))

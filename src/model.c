@@ -184,7 +184,11 @@ spud_status spud_model_load(const char *path, const spud_model_params *p, spud_m
     if (!m) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
     spud_kernels_init(false);
     m->n_threads = p && p->n_threads > 0 ? p->n_threads : 0;
-    if ((st = spud_gguf_open(path, &m->gguf))) goto fail;
+    st = spud_gguf_open(path, &m->gguf);
+    if (st) { /* the message names the file already */
+        spud_model_free(m);
+        return st;
+    }
     st = spud_gguf_get_str(m->gguf, "general.architecture", &arch);
     if (st == SPUD_ERR_NOT_FOUND)
         st = spud_errorf(SPUD_ERR_FORMAT, "missing metadata key 'general.architecture'");

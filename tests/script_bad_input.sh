@@ -34,7 +34,7 @@ PY
 
 expect_error "missing file" "no such file" "$SPUD" info -m "$T/nope.gguf"
 printf 'GGML\0\0\0\0' >"$T/magic.gguf"; expect_error "wrong magic" "magic" "$SPUD" info -m "$T/magic.gguf"
-head -c 100 "$T/good.gguf" >"$T/trunc1.gguf"; expect_error "truncated header" "truncat|end of file|past" "$SPUD" info -m "$T/trunc1.gguf"
+head -c 100 "$T/good.gguf" >"$T/trunc1.gguf"; expect_error "truncated header" "truncat|end of file|past|cannot fit" "$SPUD" info -m "$T/trunc1.gguf"
 sz=$(stat -c %s "$T/good.gguf"); head -c $((sz - 100)) "$T/good.gguf" >"$T/trunc2.gguf"
 expect_error "truncated data" "past|end of file|truncat" "$SPUD" run -m "$T/trunc2.gguf" -p hi -n 1
 : >"$T/empty.gguf"; expect_error "empty file" "truncat|too small|end of file|empty" "$SPUD" info -m "$T/empty.gguf"

@@ -131,7 +131,8 @@ int cmd_run(int argc, char **argv) {
     int32_t *ids = NULL;
     size_t n_ids = 0;
     spud_detok dt;
-    char piece[512];
+    char *piece = NULL;
+    size_t piece_cap = 0;
 
     if (file) {
         if (spud_read_file(file, &file_text, &prompt_len)) {
@@ -173,6 +174,12 @@ int cmd_run(int argc, char **argv) {
         goto done;
     }
     for (size_t i = 0; i < n_ids; i++) spud_sampler_accept(smp, ids[i]);
+    piece_cap = SPUD_DETOK_OUT_MAX(spud_tok_max_piece_len(model->tok));
+    piece = spud_malloc(piece_cap);
+    if (!piece) {
+        cli_error(cmd, "out of memory");
+        goto done;
+    }
 
     const float *logits;
     double t0 = spud_time_s();
@@ -197,7 +204,7 @@ int cmd_run(int argc, char **argv) {
         if (ids_out) {
             printf("%s%d", n_gen > 1 ? "," : "", tok);
         } else {
-            size_t k = spud_detok_push(&dt, model->tok, tok, piece, sizeof piece);
+            size_t k = spud_detok_push(&dt, model->tok, tok, piece, piece_cap);
             fwrite(piece, 1, k, stdout);
             fflush(stdout);
         }
@@ -215,7 +222,7 @@ int cmd_run(int argc, char **argv) {
     if (ids_out) {
         fputs("]\n", stdout);
     } else {
-        size_t k = spud_detok_flush(&dt, piece, sizeof piece);
+        size_t k = spud_detok_flush(&dt, piece, piece_cap);
         fwrite(piece, 1, k, stdout);
         fputc('\n', stdout);
     }
@@ -227,6 +234,7 @@ int cmd_run(int argc, char **argv) {
     rc = 0;
 done:
     spud_free(ids);
+    spud_free(piece);
     spud_free(file_text);
     spud_sampler_free(smp);
     spud_ctx_free(ctx);

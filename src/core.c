@@ -19,14 +19,23 @@ spud_status spud_errorf(spud_status st, const char *fmt, ...) {
 }
 
 spud_status spud_error_wrap(spud_status st, const char *fmt, ...) {
-    char prefix[512];
-    char old[sizeof err_buf];
+    char msg[sizeof err_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    memcpy(old, err_buf, sizeof old);
-    snprintf(err_buf, sizeof err_buf, "%s: %s", prefix, old);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1;
+    /* msg = prefix + ": " + old message, cut to fit */
+    size_t old_len = strlen(err_buf);
+    if (len + 2 < sizeof msg) {
+        memcpy(msg + len, ": ", 2);
+        len += 2;
+        size_t k = old_len < sizeof msg - 1 - len ? old_len : sizeof msg - 1 - len;
+        memcpy(msg + len, err_buf, k);
+        len += k;
+    }
+    msg[len] = '\0';
+    memcpy(err_buf, msg, len + 1);
     return st;
 }
 

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
-      libpcre2-dev libjson-c-dev libutf8proc-dev libcriterion-dev
+      libpcre2-dev libjson-c-dev libutf8proc-dev libmicrohttpd-dev libcriterion-dev
       python3-numpy python3-jinja2 nodejs)
 
 missing=()

@@ -85,12 +85,27 @@ bool spud_token_is_eog(const spud_model *m, int32_t id);
 int32_t spud_token_bos(const spud_model *m);
 int32_t spud_token_eos(const spud_model *m);
 
-/* ---- context: one sequence's KV cache and scratch ---- */
+/* ---- context: KV cache and scratch for one or more sequences ---- */
 typedef struct spud_ctx spud_ctx;
+/* A context for one sequence of up to n_ctx positions (0: the training context). */
 spud_status spud_ctx_new(const spud_model *m, uint32_t n_ctx, spud_ctx **out);
+/* A context for n_seq independent sequences of up to n_ctx positions each,
+ * which spud_decode_batch advances together in one forward pass. The KV
+ * cache (n_seq * n_ctx * spud_model_kv_bytes_per_token bytes) is allocated
+ * up front; a size that does not fit in memory is refused. */
+spud_status spud_ctx_new_multi(const spud_model *m, uint32_t n_ctx, uint32_t n_seq, spud_ctx **out);
 void spud_ctx_free(spud_ctx *c);
+uint32_t spud_ctx_n_ctx(const spud_ctx *c);
+uint32_t spud_ctx_n_seq(const spud_ctx *c);
+uint32_t spud_ctx_seq_n_past(const spud_ctx *c, uint32_t seq);
+/* Keep only the first n positions of a sequence (n >= its length: no-op). */
+void spud_ctx_seq_truncate(spud_ctx *c, uint32_t seq, uint32_t n);
+/* Make sequence dst a copy of the first n positions of sequence src. */
+spud_status spud_ctx_seq_copy(spud_ctx *c, uint32_t src, uint32_t dst, uint32_t n);
+/* Sequence 0 shorthands. */
 uint32_t spud_ctx_n_past(const spud_ctx *c);
-void spud_ctx_reset(spud_ctx *c); /* forget all cached positions */
+void spud_ctx_truncate(spud_ctx *c, uint32_t n);
+void spud_ctx_reset(spud_ctx *c); /* forget all positions of all sequences */
 
 /* One input row: a token id, or (embd != NULL) an embedding of n_embd floats
  * that takes the place of a token embedding (images, audio). */
@@ -99,9 +114,22 @@ typedef struct {
     const float *embd;
 } spud_input;
 
-/* Run the rows through the model at positions n_past.., append them to the KV
- * cache, and set *logits to the n_vocab logits of the last row (valid until
- * the next call). */
+/* Rows for several sequences. Row i goes to sequence seq[i] (NULL: all 0) at
+ * that sequence's next position; a sequence's rows keep their order. Rows with
+ * want_logits[i] (NULL: only the last row) get logits; at most
+ * max(1, n_seq) rows per call may ask. */
+typedef struct {
+    const spud_input *in;
+    const uint32_t *seq;
+    const bool *want_logits;
+    size_t n;
+} spud_batch;
+
+/* Run the rows through the model, append them to their sequences' KV caches,
+ * and set *logits to n_vocab floats per row that asked, in row order (valid
+ * until the next call). On error nothing has changed. */
+spud_status spud_decode_batch(spud_ctx *c, const spud_batch *b, const float **logits);
+/* One sequence (0): logits of the last row. */
 spud_status spud_decode(spud_ctx *c, const spud_input *in, size_t n, const float **logits);
 spud_status spud_decode_tokens(spud_ctx *c, const int32_t *ids, size_t n, const float **logits);
 

@@ -24,6 +24,8 @@ typedef struct {
     int layer;
     const float *add;    /* add_norm: residual to add to x first (NULL: none) */
     const float *norm_w; /* add_norm: norm weight */
+    const int32_t *out_idx; /* rows whose logits are wanted */
+    int32_t n_out;
 } fwd;
 
 /* out = x / sqrt(mean(x^2) + eps) * w   (w may be NULL) */
@@ -53,7 +55,7 @@ static void job_embed(void *arg, int ith, int nth) {
             ti->to_float((const char *)m->tok_embd.data + (size_t)f->in[i].token * m->tok_embd.row_bytes,
                          x, hp->n_embd);
         /* cos/sin of every rotated pair at this row's position */
-        double pos = (double)(c->n_past + (uint32_t)i);
+        double pos = (double)c->row_pos[i];
         float *cs = c->rope_cs + i * hp->n_rot;
         for (int j = 0; j < hp->n_rot / 2; j++) {
             double a = pos * (double)c->inv_freq[j];
@@ -110,18 +112,19 @@ static void job_qkv_post(void *arg, int ith, int nth) {
             if (l->q_norm.data) rmsnorm(q + h * hd, q + h * hd, l->q_norm.data, hd, hp->norm_eps);
             rope(q + h * hd, cs, hp->n_rot, hp->rope_neox);
         }
-        uint32_t pos = c->n_past + (uint32_t)i;
         for (int g = 0; g < hp->n_head_kv; g++) {
             if (l->k_norm.data) rmsnorm(k + g * hd, k + g * hd, l->k_norm.data, hd, hp->norm_eps);
             rope(k + g * hd, cs, hp->n_rot, hp->rope_neox);
-            size_t off = (((size_t)f->layer * hp->n_head_kv + g) * c->n_ctx + pos) * hd;
+            size_t off = spud_kv_offset(c, f->layer, c->row_seq[i], g, c->row_pos[i]);
             memcpy(c->k_cache + off, k + g * hd, hd * sizeof(float));
             memcpy(c->v_cache + off, v + g * hd, hd * sizeof(float));
         }
     }
 }
 
-/* att[i, h] = sum_t softmax_t(q[i,h] . K[t] / sqrt(hd)) V[t], t <= pos(i). */
+/* att[i, h] = sum_t softmax_t(q[i,h] . K[t] / sqrt(hd)) V[t], t <= pos(i).
+ * One work item is a row and a KV head: the group of query heads that share
+ * it read each cached K and V row once. */
 static void job_attention(void *arg, int ith, int nth) {
     fwd *f = arg;
     spud_ctx *c = f->c;
@@ -129,29 +132,47 @@ static void job_attention(void *arg, int ith, int nth) {
     int64_t hd = hp->head_dim, qd = hp->n_head * hd, s, e;
     int group = hp->n_head / hp->n_head_kv;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores + (size_t)ith * c->n_ctx;
-    spud_pool_split((int64_t)f->n * hp->n_head, ith, nth, &s, &e);
+    float *sc = c->scores + (size_t)ith * group * c->n_ctx;
+    spud_pool_split((int64_t)f->n * hp->n_head_kv, ith, nth, &s, &e);
     for (int64_t p = s; p < e; p++) {
-        int64_t i = p / hp->n_head;
-        int h = (int)(p % hp->n_head), g = h / group;
-        uint32_t n_kv = c->n_past + (uint32_t)i + 1;
-        const float *q = c->q + i * qd + h * hd;
-        size_t base = ((size_t)f->layer * hp->n_head_kv + g) * c->n_ctx * hd;
+        int64_t i = p / hp->n_head_kv;
+        int g = (int)(p % hp->n_head_kv);
+        uint32_t n_kv = c->row_pos[i] + 1;
+        size_t base = spud_kv_offset(c, f->layer, c->row_seq[i], g, 0);
         const float *K = c->k_cache + base, *V = c->v_cache + base;
-        float mx = -INFINITY;
-        for (uint32_t t = 0; t < n_kv; t++) {
-            sc[t] = spud_dot_f32(q, K + (size_t)t * hd, hd) * scale;
-            if (sc[t] > mx) mx = sc[t];
+        const float *q0 = c->q + i * qd + (int64_t)g * group * hd;
+        float mx[64];
+        double sum[64];
+        int gs = group <= 64 ? group : 64;
+        for (int h0 = 0; h0 < group; h0 += gs) {
+            int gn = group - h0 < gs ? group - h0 : gs;
+            for (int h = 0; h < gn; h++) mx[h] = -INFINITY;
+            for (uint32_t t = 0; t < n_kv; t++) {
+                const float *kt = K + (size_t)t * hd;
+                for (int h = 0; h < gn; h++) {
+                    float v = spud_dot_f32(q0 + (h0 + h) * hd, kt, hd) * scale;
+                    sc[(size_t)h * n_kv + t] = v;
+                    if (v > mx[h]) mx[h] = v;
+                }
+            }
+            for (int h = 0; h < gn; h++) {
+                float *sh = sc + (size_t)h * n_kv;
+                sum[h] = 0;
+                for (uint32_t t = 0; t < n_kv; t++) {
+                    sh[t] = expf(sh[t] - mx[h]);
+                    sum[h] += sh[t];
+                }
+                float inv = (float)(1.0 / sum[h]);
+                for (uint32_t t = 0; t < n_kv; t++) sh[t] *= inv;
+                memset(c->att + i * qd + (int64_t)(g * group + h0 + h) * hd, 0, hd * sizeof(float));
+            }
+            for (uint32_t t = 0; t < n_kv; t++) {
+                const float *vt = V + (size_t)t * hd;
+                for (int h = 0; h < gn; h++)
+                    spud_axpy_f32(c->att + i * qd + (int64_t)(g * group + h0 + h) * hd,
+                                  sc[(size_t)h * n_kv + t], vt, hd);
+            }
         }
-        double sum = 0;
-        for (uint32_t t = 0; t < n_kv; t++) {
-            sc[t] = expf(sc[t] - mx);
-            sum += sc[t];
-        }
-        float inv = (float)(1.0 / sum);
-        float *out = c->att + i * qd + h * hd;
-        memset(out, 0, hd * sizeof(float));
-        for (uint32_t t = 0; t < n_kv; t++) spud_axpy_f32(out, sc[t] * inv, V + (size_t)t * hd, hd);
     }
 }
 
@@ -167,11 +188,32 @@ static void job_swiglu(void *arg, int ith, int nth) {
     }
 }
 
-spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n, bool want_logits) {
+/* out_rows[j] = rmsnorm(x[out_idx[j]]) * output_norm */
+static void job_out_norm(void *arg, int ith, int nth) {
+    fwd *f = arg;
+    spud_ctx *c = f->c;
+    int64_t dim = c->model->hp.n_embd, s, e;
+    spud_pool_split(f->n_out, ith, nth, &s, &e);
+    for (int64_t j = s; j < e; j++)
+        rmsnorm(c->out_rows + j * dim, c->x + (int64_t)f->out_idx[j] * dim,
+                c->model->output_norm.data, dim, c->model->hp.norm_eps);
+}
+
+/* x += h (the last layer's FFN output) */
+static void job_residual(void *arg, int ith, int nth) {
+    fwd *f = arg;
+    spud_ctx *c = f->c;
+    int64_t s, e;
+    spud_pool_split((int64_t)f->n * c->model->hp.n_embd, ith, nth, &s, &e);
+    for (int64_t j = s; j < e; j++) c->x[j] += c->h[j];
+}
+
+spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
+                                 const int32_t *out_idx, int32_t n_out) {
     const spud_model *m = c->model;
     const spud_hparams *hp = &m->hp;
     spud_pool *pool = c->pool;
-    fwd f = {.c = c, .in = in, .n = n};
+    fwd f = {.c = c, .in = in, .n = n, .out_idx = out_idx, .n_out = n_out};
 
     spud_pool_run(pool, job_embed, &f);
     for (int il = 0; il < hp->n_layer; il++) {
@@ -194,12 +236,10 @@ spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n, b
         spud_pool_run(pool, job_swiglu, &f);
         spud_matmul(pool, &l->w_down, c->gate, c->h, n, c->mm_scratch);
     }
-    f.add = c->h;
-    f.norm_w = m->output_norm.data;
-    spud_pool_run(pool, job_add_norm, &f);
-    if (want_logits)
-        spud_matmul(pool, &m->output, c->h + (size_t)(n - 1) * hp->n_embd, c->logits, 1,
-                    c->mm_scratch);
-    c->n_past += (uint32_t)n;
+    if (n_out > 0) {
+        spud_pool_run(pool, job_residual, &f);
+        spud_pool_run(pool, job_out_norm, &f);
+        spud_matmul(pool, &m->output, c->out_rows, c->logits, n_out, c->mm_scratch);
+    }
     return SPUD_OK;
 }

@@ -264,42 +264,53 @@ static uint64_t physical_memory(void) {
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 spud_status spud_ctx_new(const spud_model *m, uint32_t n_ctx, spud_ctx **out) {
+    return spud_ctx_new_multi(m, n_ctx, 1, out);
+}
+
+spud_status spud_ctx_new_multi(const spud_model *m, uint32_t n_ctx, uint32_t n_seq, spud_ctx **out) {
     const spud_hparams *hp = &m->hp;
     spud_ctx *c;
     spud_status st;
     *out = NULL;
     if (n_ctx == 0) n_ctx = hp->n_ctx_train;
-    if (n_ctx == 0) return spud_errorf(SPUD_ERR_INVALID, "context size must be positive");
+    if (n_ctx == 0 || n_seq == 0 || n_seq > 4096)
+        return spud_errorf(SPUD_ERR_INVALID, "bad context: %u positions, %u sequences", n_ctx, n_seq);
 
-    uint64_t kv_bytes, mem = physical_memory();
-    if (!spud_mul_ok(spud_model_kv_bytes_per_token(m), n_ctx, &kv_bytes) || kv_bytes > mem)
+    uint64_t kv_bytes, seq_pos, mem = physical_memory();
+    if (!spud_mul_ok(n_ctx, n_seq, &seq_pos) ||
+        !spud_mul_ok(spud_model_kv_bytes_per_token(m), seq_pos, &kv_bytes) || kv_bytes > mem ||
+        kv_bytes / 2 > SIZE_MAX)
         return spud_errorf(SPUD_ERR_NOMEM,
-                           "context of %u tokens needs %.2f GiB of KV cache (%llu bytes per token), "
-                           "more than this machine's %.2f GiB of memory",
-                           n_ctx, (double)spud_model_kv_bytes_per_token(m) * n_ctx / (1 << 30),
+                           "a context of %u x %u tokens needs %.2f GiB of KV cache (%llu bytes per "
+                           "token), more than this machine's %.2f GiB of memory",
+                           n_seq, n_ctx,
+                           (double)spud_model_kv_bytes_per_token(m) * n_ctx * n_seq / (1 << 30),
                            (unsigned long long)spud_model_kv_bytes_per_token(m),
                            (double)mem / (1 << 30));
     c = spud_calloc(1, sizeof *c);
     if (!c) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
     c->model = m;
     c->n_ctx = n_ctx;
+    c->n_seq = n_seq;
     c->n_batch = CTX_N_BATCH;
+    c->n_logits_max = (int32_t)n_seq;
     if ((st = spud_pool_new(m->n_threads, &c->pool))) goto fail;
-
+    c->n_past = spud_calloc(n_seq, sizeof *c->n_past);
     size_t half = (size_t)kv_bytes / 2;
     c->k_cache = spud_aligned_alloc(64, half);
     c->v_cache = spud_aligned_alloc(64, half);
-    if (!c->k_cache || !c->v_cache) {
-        st = spud_errorf(SPUD_ERR_NOMEM, "cannot allocate %.2f GiB of KV cache for %u tokens",
-                         (double)kv_bytes / (1 << 30), n_ctx);
+    if (!c->n_past || !c->k_cache || !c->v_cache) {
+        st = spud_errorf(SPUD_ERR_NOMEM, "cannot allocate %.2f GiB of KV cache for %u x %u tokens",
+                         (double)kv_bytes / (1 << 30), n_seq, n_ctx);
         goto fail;
     }
 
     /* One arena for all scratch buffers. */
-    size_t nb = (size_t)c->n_batch, dim = (size_t)hp->n_embd;
+    size_t nb = (size_t)c->n_batch, dim = (size_t)hp->n_embd, nl = (size_t)c->n_logits_max;
     size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     size_t nth = (size_t)spud_pool_n_threads(c->pool);
-    size_t mm = 0;
+    size_t group = (size_t)(hp->n_head / hp->n_head_kv);
+    size_t mm = spud_matmul_scratch_bytes(&m->output, (int64_t)nl);
     for (int i = 0; i < hp->n_layer; i++) {
         const spud_layer *l = &m->layers[i];
         const spud_weight *ws[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->w_gate, &l->w_up, &l->w_down};
@@ -308,14 +319,17 @@ spud_status spud_ctx_new(const spud_model *m, uint32_t n_ctx, spud_ctx **out) {
             if (b > mm) mm = b;
         }
     }
-    if (spud_matmul_scratch_bytes(&m->output, 1) > mm) mm = spud_matmul_scratch_bytes(&m->output, 1);
     size_t sizes[] = {
-        nb * dim * 4, nb * dim * 4, nb * qd * 4, nb * kvd * 4, nb * kvd * 4, nb * qd * 4,
-        nb * (size_t)hp->n_ff * 4, nb * (size_t)hp->n_ff * 4, nth * n_ctx * 4,
-        nb * (size_t)hp->n_rot * 4, (size_t)hp->n_rot / 2 * 4, mm, (size_t)hp->n_vocab * 4,
+        nb * 4, nb * 4, nb * dim * 4, nb * dim * 4, nb * qd * 4, nb * kvd * 4, nb * kvd * 4,
+        nb * qd * 4, nb * (size_t)hp->n_ff * 4, nb * (size_t)hp->n_ff * 4,
+        nth * group * n_ctx * 4, nb * (size_t)hp->n_rot * 4, (size_t)hp->n_rot / 2 * 4,
+        nl * dim * 4, mm, nl * (size_t)hp->n_vocab * 4,
     };
-    float **ptrs[] = {&c->x, &c->h, &c->q, &c->k, &c->v, &c->att, &c->gate, &c->up, &c->scores,
-                      &c->rope_cs, &c->inv_freq, (float **)&c->mm_scratch, &c->logits};
+    void **ptrs[] = {(void **)&c->row_seq, (void **)&c->row_pos, (void **)&c->x, (void **)&c->h,
+                     (void **)&c->q, (void **)&c->k, (void **)&c->v, (void **)&c->att,
+                     (void **)&c->gate, (void **)&c->up, (void **)&c->scores,
+                     (void **)&c->rope_cs, (void **)&c->inv_freq, (void **)&c->out_rows,
+                     &c->mm_scratch, (void **)&c->logits};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += align64(sizes[i]);
     c->arena = spud_aligned_alloc(64, total);
@@ -325,7 +339,7 @@ spud_status spud_ctx_new(const spud_model *m, uint32_t n_ctx, spud_ctx **out) {
     }
     char *p = c->arena;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
-        *ptrs[i] = (float *)p;
+        *ptrs[i] = p;
         p += align64(sizes[i]);
     }
     /* inv_freq[i] = base^(-2i/n_rot) / rope_freqs[i] */
@@ -344,43 +358,116 @@ fail:
 void spud_ctx_free(spud_ctx *c) {
     if (!c) return;
     if (c->pool) spud_pool_free(c->pool);
+    spud_free(c->n_past);
     spud_free(c->k_cache);
     spud_free(c->v_cache);
     spud_free(c->arena);
     spud_free(c);
 }
 
-uint32_t spud_ctx_n_past(const spud_ctx *c) { return c->n_past; }
-void spud_ctx_reset(spud_ctx *c) { c->n_past = 0; }
+uint32_t spud_ctx_n_ctx(const spud_ctx *c) { return c->n_ctx; }
+uint32_t spud_ctx_n_seq(const spud_ctx *c) { return c->n_seq; }
+uint32_t spud_ctx_seq_n_past(const spud_ctx *c, uint32_t seq) {
+    return seq < c->n_seq ? c->n_past[seq] : 0;
+}
+uint32_t spud_ctx_n_past(const spud_ctx *c) { return c->n_past[0]; }
 
-spud_status spud_decode(spud_ctx *c, const spud_input *in, size_t n, const float **logits) {
+void spud_ctx_seq_truncate(spud_ctx *c, uint32_t seq, uint32_t n) {
+    if (seq < c->n_seq && n < c->n_past[seq]) c->n_past[seq] = n;
+}
+
+void spud_ctx_truncate(spud_ctx *c, uint32_t n) { spud_ctx_seq_truncate(c, 0, n); }
+
+void spud_ctx_reset(spud_ctx *c) { memset(c->n_past, 0, c->n_seq * sizeof *c->n_past); }
+
+spud_status spud_ctx_seq_copy(spud_ctx *c, uint32_t src, uint32_t dst, uint32_t n) {
     const spud_hparams *hp = &c->model->hp;
+    if (src >= c->n_seq || dst >= c->n_seq || n > c->n_past[src])
+        return spud_errorf(SPUD_ERR_INVALID, "bad sequence copy: %u -> %u, %u positions", src, dst, n);
+    if (src == dst) {
+        c->n_past[dst] = n;
+        return SPUD_OK;
+    }
+    for (int l = 0; l < hp->n_layer; l++)
+        for (int g = 0; g < hp->n_head_kv; g++) {
+            size_t from = spud_kv_offset(c, l, src, g, 0), to = spud_kv_offset(c, l, dst, g, 0);
+            size_t bytes = (size_t)n * (size_t)hp->head_dim * sizeof(float);
+            memcpy(c->k_cache + to, c->k_cache + from, bytes);
+            memcpy(c->v_cache + to, c->v_cache + from, bytes);
+        }
+    c->n_past[dst] = n;
+    return SPUD_OK;
+}
+
+spud_status spud_decode_batch(spud_ctx *c, const spud_batch *b, const float **logits) {
+    const spud_hparams *hp = &c->model->hp;
+    spud_status st = SPUD_OK;
+    size_t n = b->n, n_out = 0;
     if (n == 0) return spud_errorf(SPUD_ERR_INVALID, "nothing to decode");
-    if (n > c->n_ctx - c->n_past)
-        return spud_errorf(SPUD_ERR_RANGE,
-                           "%zu tokens do not fit in the context: %u of %u positions are used", n,
-                           c->n_past, c->n_ctx);
-    for (size_t i = 0; i < n; i++)
-        if (!in[i].embd && (in[i].token < 0 || in[i].token >= hp->n_vocab))
-            return spud_errorf(SPUD_ERR_INVALID, "token id %d is out of range (vocabulary: %d)",
-                               in[i].token, hp->n_vocab);
-    for (size_t i = 0; i < n; i += (size_t)c->n_batch) {
-        size_t k = n - i < (size_t)c->n_batch ? n - i : (size_t)c->n_batch;
-        spud_status st = spud_decoder_forward(c, in + i, (int32_t)k, i + k == n);
-        if (st) return st;
+    /* Validate everything first, so that an error changes nothing. */
+    uint32_t *need = spud_calloc(c->n_seq, sizeof *need);
+    if (!need) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        uint32_t s = b->seq ? b->seq[i] : 0;
+        if (s >= c->n_seq) {
+            st = spud_errorf(SPUD_ERR_INVALID, "row %zu: sequence %u does not exist (%u)", i, s, c->n_seq);
+            goto done;
+        }
+        need[s]++;
+        if (!b->in[i].embd && (b->in[i].token < 0 || b->in[i].token >= hp->n_vocab)) {
+            st = spud_errorf(SPUD_ERR_INVALID, "token id %d is out of range (vocabulary: %d)",
+                             b->in[i].token, hp->n_vocab);
+            goto done;
+        }
+        if (b->want_logits ? b->want_logits[i] : i == n - 1) n_out++;
+    }
+    for (uint32_t s = 0; s < c->n_seq; s++)
+        if (need[s] > c->n_ctx - c->n_past[s]) {
+            st = spud_errorf(SPUD_ERR_RANGE,
+                             "%u tokens do not fit in the context: %u of %u positions are used",
+                             need[s], c->n_past[s], c->n_ctx);
+            goto done;
+        }
+    if (n_out > (size_t)c->n_logits_max) {
+        st = spud_errorf(SPUD_ERR_INVALID, "%zu rows ask for logits; at most %d may", n_out,
+                         c->n_logits_max);
+        goto done;
+    }
+    n_out = 0;
+    for (size_t i0 = 0; i0 < n; i0 += (size_t)c->n_batch) {
+        int32_t k = (int32_t)(n - i0 < (size_t)c->n_batch ? n - i0 : (size_t)c->n_batch);
+        int32_t out_idx[CTX_N_BATCH], n_chunk_out = 0;
+        for (int32_t j = 0; j < k; j++) {
+            size_t i = i0 + (size_t)j;
+            uint32_t s = b->seq ? b->seq[i] : 0;
+            c->row_seq[j] = s;
+            c->row_pos[j] = c->n_past[s]++;
+            if (b->want_logits ? b->want_logits[i] : i == n - 1) out_idx[n_chunk_out++] = j;
+        }
+        /* logits of earlier chunks stay in place: each chunk writes after them */
+        st = spud_decoder_forward(c, b->in + i0, k, out_idx, n_chunk_out);
+        if (st) goto done;
+        if (n_chunk_out) {
+            size_t nv = (size_t)hp->n_vocab;
+            memmove(c->logits + n_out * nv, c->logits, (size_t)n_chunk_out * nv * sizeof(float));
+        }
+        n_out += (size_t)n_chunk_out;
     }
     if (logits) *logits = c->logits;
-    return SPUD_OK;
+done:
+    spud_free(need);
+    return st;
+}
+
+spud_status spud_decode(spud_ctx *c, const spud_input *in, size_t n, const float **logits) {
+    spud_batch b = {.in = in, .n = n};
+    return spud_decode_batch(c, &b, logits);
 }
 
 spud_status spud_decode_tokens(spud_ctx *c, const int32_t *ids, size_t n, const float **logits) {
     spud_input buf[64];
-    spud_status st = SPUD_OK;
+    spud_status st;
     if (n == 0) return spud_errorf(SPUD_ERR_INVALID, "nothing to decode");
-    if (n > c->n_ctx - c->n_past)
-        return spud_errorf(SPUD_ERR_RANGE,
-                           "%zu tokens do not fit in the context: %u of %u positions are used", n,
-                           c->n_past, c->n_ctx);
     spud_input *in = n <= 64 ? buf : spud_malloc(n * sizeof *in);
     if (!in) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) in[i] = (spud_input){.token = ids[i]};

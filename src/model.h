@@ -91,14 +91,18 @@ spud_status spud_arch_qwen_load(spud_model *m);
 struct spud_ctx {
     const spud_model *model;
     spud_pool *pool;
-    uint32_t n_ctx;
-    uint32_t n_past;
-    /* KV cache, f32: k[layer][kv_head][pos][head_dim], same for v. */
+    uint32_t n_ctx;   /* positions per sequence */
+    uint32_t n_seq;
+    uint32_t *n_past; /* (n_seq) positions used per sequence */
+    /* KV cache, f32: k[layer][seq][kv_head][pos][head_dim], same for v. */
     float *k_cache;
     float *v_cache;
     /* Scratch for one batch of up to n_batch rows (carved from one allocation). */
     int32_t n_batch;
+    int32_t n_logits_max; /* rows per call that may ask for logits */
     void *arena;
+    uint32_t *row_seq; /* (n_batch) sequence of each row */
+    uint32_t *row_pos; /* (n_batch) position of each row */
     float *x;       /* (n_batch, dim) residual stream */
     float *h;       /* (n_batch, dim) normed input */
     float *q;       /* (n_batch, n_head * head_dim) */
@@ -107,15 +111,24 @@ struct spud_ctx {
     float *att;     /* (n_batch, n_head * head_dim) attention output */
     float *gate;    /* (n_batch, n_ff) */
     float *up;      /* (n_batch, n_ff) */
-    float *scores;  /* (n_threads, n_ctx) attention scores per thread */
+    float *scores;  /* (n_threads, group, n_ctx) attention scores per thread */
     float *rope_cs; /* (n_batch, n_rot) cos, sin interleaved per pair */
     float *inv_freq; /* (n_rot / 2) */
+    float *out_rows; /* (n_logits_max, dim) normed rows that want logits */
     void *mm_scratch; /* converted activations for matmul */
-    float *logits;  /* (n_vocab) */
+    float *logits;  /* (n_logits_max, n_vocab) */
 };
 
-/* Forward pass over n rows (n <= c->n_batch) at positions c->n_past...;
- * computes the logits of the last row when want_logits. (decoder.c) */
-spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n, bool want_logits);
+/* Offset of (layer, seq, kv_head, pos) in k_cache / v_cache, in floats. */
+static inline size_t spud_kv_offset(const spud_ctx *c, int layer, uint32_t seq, int g, uint32_t pos) {
+    const spud_hparams *hp = &c->model->hp;
+    return ((((size_t)layer * c->n_seq + seq) * (size_t)hp->n_head_kv + (size_t)g) * c->n_ctx + pos) *
+           (size_t)hp->head_dim;
+}
+
+/* Forward pass over n rows (n <= c->n_batch) whose row_seq / row_pos are set;
+ * writes the logits of the n_out rows listed in out_idx. (decoder.c) */
+spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
+                                 const int32_t *out_idx, int32_t n_out);
 
 #endif

@@ -112,3 +112,75 @@ Test(model, allocation_failures_are_errors) {
         cr_assert_lt(n, 100000);
     }
 }
+
+/* Two sequences decoded together in one batch give the logits each gives alone. */
+Test(model, multi_sequence_batch_equals_single) {
+    spud_model *m = load(FIX("qwen2-f32.gguf"));
+    int nv = spud_model_n_vocab(m);
+    int32_t a[12], b[9];
+    for (int i = 0; i < 12; i++) a[i] = (i * 31 + 5) % nv;
+    for (int i = 0; i < 9; i++) b[i] = (i * 17 + 100) % nv;
+    const float *la, *lb, *lab;
+    float *ra = malloc(sizeof(float) * (size_t)nv), *rb = malloc(sizeof(float) * (size_t)nv);
+    spud_ctx *s;
+    cr_assert_eq(spud_ctx_new(m, 32, &s), SPUD_OK);
+    cr_assert_eq(spud_decode_tokens(s, a, 12, &la), SPUD_OK);
+    memcpy(ra, la, sizeof(float) * (size_t)nv);
+    spud_ctx_reset(s);
+    cr_assert_eq(spud_decode_tokens(s, b, 9, &lb), SPUD_OK);
+    memcpy(rb, lb, sizeof(float) * (size_t)nv);
+    spud_ctx_free(s);
+
+    /* interleave: rows of a and b alternate; logits for both last rows */
+    spud_ctx *mc;
+    cr_assert_eq(spud_ctx_new_multi(m, 32, 3, &mc), SPUD_OK);
+    spud_input in[21];
+    uint32_t seq[21];
+    bool want[21] = {0};
+    int ia = 0, ib = 0, k = 0;
+    while (ia < 12 || ib < 9) {
+        if (ia < 12) seq[k] = 2, in[k++] = (spud_input){.token = a[ia++]};
+        if (ib < 9) seq[k] = 0, in[k++] = (spud_input){.token = b[ib++]};
+    }
+    int last_a = -1, last_b = -1;
+    for (int i = 0; i < 21; i++) *(seq[i] == 2 ? &last_a : &last_b) = i;
+    want[last_a] = want[last_b] = true;
+    spud_batch batch = {.in = in, .seq = seq, .want_logits = want, .n = 21};
+    cr_assert_eq(spud_decode_batch(mc, &batch, &lab), SPUD_OK, "%s", spud_last_error());
+    /* logits come in row order */
+    const float *got_a = last_a < last_b ? lab : lab + nv, *got_b = last_a < last_b ? lab + nv : lab;
+    cr_expect_lt(max_abs_diff(got_a, ra, nv), 1e-4f);
+    cr_expect_lt(max_abs_diff(got_b, rb, nv), 1e-4f);
+    cr_expect_eq(spud_ctx_seq_n_past(mc, 2), 12u);
+    cr_expect_eq(spud_ctx_seq_n_past(mc, 0), 9u);
+    cr_expect_eq(spud_ctx_seq_n_past(mc, 1), 0u);
+
+    /* copy a's first 7 positions into seq 1, then decode a's remaining 5 there */
+    cr_assert_eq(spud_ctx_seq_copy(mc, 2, 1, 7), SPUD_OK);
+    spud_input rest[5];
+    uint32_t seq1[5] = {1, 1, 1, 1, 1};
+    for (int i = 0; i < 5; i++) rest[i] = (spud_input){.token = a[7 + i]};
+    spud_batch b2 = {.in = rest, .seq = seq1, .n = 5};
+    const float *lc;
+    cr_assert_eq(spud_decode_batch(mc, &b2, &lc), SPUD_OK);
+    cr_expect_lt(max_abs_diff(lc, ra, nv), 1e-4f);
+
+    /* truncate seq 0 to 4 and re-decode b's tail: same logits again */
+    spud_ctx_seq_truncate(mc, 0, 4);
+    spud_input tail[5];
+    uint32_t seq0[5] = {0};
+    for (int i = 0; i < 5; i++) tail[i] = (spud_input){.token = b[4 + i]};
+    spud_batch b3 = {.in = tail, .seq = seq0, .n = 5};
+    cr_assert_eq(spud_decode_batch(mc, &b3, &lc), SPUD_OK);
+    cr_expect_lt(max_abs_diff(lc, rb, nv), 1e-4f);
+
+    /* errors change nothing */
+    uint32_t bad_seq[1] = {3};
+    spud_batch b4 = {.in = tail, .seq = bad_seq, .n = 1};
+    cr_expect_eq(spud_decode_batch(mc, &b4, &lc), SPUD_ERR_INVALID);
+    cr_expect_eq(spud_ctx_seq_n_past(mc, 0), 9u);
+    free(ra);
+    free(rb);
+    spud_ctx_free(mc);
+    spud_model_free(m);
+}

@@ -1,0 +1,516 @@
+/* kernels_avx2.c: AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma
+ * -mf16c; called only when spud_cpu_has(SPUD_ISA_AVX2)).
+ *
+ * Integer dots: signed int8 products go through maddubs (u8 x s8 -> s16
+ * pairs) with |w| as the unsigned side and the activation sign-flipped to
+ * match; no pair can saturate because activations are never -128. The k-quant
+ * dots keep the exact integer sum per super-block and then do the reference's
+ * float steps, so they are bit-identical to it; the q4_0/q8_0/float dots sum
+ * in vector lanes and differ from the reference by summation order only.
+ * Quantizers and dequantizers are bit-identical to the references.
+ *
+ * Block data is only 2-byte aligned inside rows, so every load is unaligned.
+ */
+#include "kernels.h" /* first: sets the floating-point contraction mode */
+
+#include <immintrin.h>
+#include <string.h>
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int32_t hsum_epi32_128(__m128i s) {
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline int32_t hsum_epi32(__m256i v) {
+    return hsum_epi32_128(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+}
+
+static inline float hmax_ps(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float f16s(spud_f16 h) { return _cvtsh_ss(h); }
+
+#define LOADU256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define LOADU128(p) _mm_loadu_si128((const __m128i *)(const void *)(p))
+#define LOADU64(p) _mm_loadl_epi64((const __m128i *)(const void *)(p))
+
+/* Signed int8 dot in 32-bit lanes: each lane sums 4 adjacent products w*a. */
+static inline __m256i dot_i8_lanes(__m256i w, __m256i a) {
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+/* 4 x 8 int32 (each in [-128, 127]) -> 32 int8 in element order. */
+static inline __m256i pack_i32_to_i8(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
+    const __m256i p01 = _mm256_packs_epi32(q0, q1);
+    const __m256i p23 = _mm256_packs_epi32(q2, q3);
+    const __m256i r = _mm256_packs_epi16(p01, p23); /* dwords: q0l q1l q2l q3l q0h q1h q2h q3h */
+    return _mm256_permutevar8x32_epi32(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* max(v, lo) then min(v, hi): the references' clampf_simd. */
+static inline __m256 clamp_ps(__m256 v, float lo, float hi) {
+    return _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+}
+
+/* ---- float dots ---- */
+
+void spud_vec_dot_f32_avx2(int64_t n, float *s, const void *w, const void *xv) {
+    const float *a = w, *x = xv;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k),
+                                     acc[k]);
+    for (; i + 8 <= n; i += 8)
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(x + i), acc[0]);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += a[i] * x[i];
+    *s = sum;
+}
+
+float spud_dot_f32_avx2(const float *a, const float *b, int64_t n) {
+    float s;
+    spud_vec_dot_f32_avx2(n, &s, a, b);
+    return s;
+}
+
+void spud_axpy_f32_avx2(float *y, float a, const float *x, int64_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+void spud_vec_dot_f16_avx2(int64_t n, float *s, const void *w, const void *xv) {
+    const spud_f16 *a = w;
+    const float *x = xv;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtph_ps(LOADU128(a + i + 8 * k)),
+                                     _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8)
+        acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(LOADU128(a + i)), _mm256_loadu_ps(x + i), acc[0]);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += f16s(a[i]) * x[i];
+    *s = sum;
+}
+
+static inline __m256 bf16x8_to_ps(const spud_bf16 *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(LOADU128(p)), 16));
+}
+
+void spud_vec_dot_bf16_avx2(int64_t n, float *s, const void *w, const void *xv) {
+    const spud_bf16 *a = w;
+    const float *x = xv;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm256_fmadd_ps(bf16x8_to_ps(a + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k),
+                                     acc[k]);
+    for (; i + 8 <= n; i += 8)
+        acc[0] = _mm256_fmadd_ps(bf16x8_to_ps(a + i), _mm256_loadu_ps(x + i), acc[0]);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; i++) sum += spud_bf16_to_f32(a[i]) * x[i];
+    *s = sum;
+}
+
+/* ---- q8_0 / q4_0 ---- */
+
+void spud_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *xv) {
+    const block_q8_0 *a = w, *b = xv;
+    const int64_t nb = n / QK8_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const __m256i p0 = dot_i8_lanes(LOADU256(a[i].qs), LOADU256(b[i].qs));
+        const __m256i p1 = dot_i8_lanes(LOADU256(a[i + 1].qs), LOADU256(b[i + 1].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(a[i].d) * f16s(b[i].d)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(a[i + 1].d) * f16s(b[i + 1].d)),
+                               _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256i p = dot_i8_lanes(LOADU256(a[i].qs), LOADU256(b[i].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(a[i].d) * f16s(b[i].d)), _mm256_cvtepi32_ps(p), acc0);
+    }
+    *s = hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* The 32 values q - 8 of a q4_0 block, in element order. */
+static inline __m256i q4_0_values(const block_q4_0 *blk) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m128i raw = LOADU128(blk->qs);
+    const __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+    return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+}
+
+/* fp16 d of 4 consecutive blocks (d first, `stride` bytes apart) as 4 halves
+ * in the low 64 bits. */
+static inline uint64_t d4(const void *p, size_t stride) {
+    const uint8_t *c = p;
+    uint16_t h[4];
+    for (int k = 0; k < 4; k++) memcpy(&h[k], c + k * stride, 2);
+    return (uint64_t)h[0] | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 32 | (uint64_t)h[3] << 48;
+}
+
+/* Two q4_0 blocks against two q8_0 blocks, 128-bit lane j = block j: the
+ * unsigned nibbles go through maddubs against the first / second 16
+ * activations of each block, minus 8 * Σ activation (also maddubs). Returns
+ * 8 int32 lanes, 4 per block. */
+static inline __m256i q4_0_dot_pair_avx2(const block_q4_0 *a, const block_q8_0 *b) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+    const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(LOADU128(a[0].qs)), LOADU128(a[1].qs), 1);
+    const __m256i lo = _mm256_and_si256(raw, m4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+    const __m256i ylo = _mm256_inserti128_si256(_mm256_castsi128_si256(LOADU128(b[0].qs)), LOADU128(b[1].qs), 1);
+    const __m256i yhi =
+        _mm256_inserti128_si256(_mm256_castsi128_si256(LOADU128(b[0].qs + 16)), LOADU128(b[1].qs + 16), 1);
+    /* int16 pairs: |q*y| sums <= 2*15*127 each, the total stays below 2^14 */
+    const __m256i qy = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+    const __m256i y8 = _mm256_add_epi16(_mm256_maddubs_epi16(eight, ylo), _mm256_maddubs_epi16(eight, yhi));
+    return _mm256_madd_epi16(_mm256_sub_epi16(qy, y8), _mm256_set1_epi16(1));
+}
+
+void spud_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *w, const void *xv) {
+    const block_q4_0 *a = w;
+    const block_q8_0 *b = xv;
+    const int64_t nb = n / QK4_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        /* the 4 block scales: halves [w0..w3, x0..x3] -> floats, multiplied */
+        const __m256 h = _mm256_cvtph_ps(_mm_set_epi64x((long long)d4(&b[i], sizeof(block_q8_0)),
+                                                        (long long)d4(&a[i], sizeof(block_q4_0))));
+        const __m256 sc = _mm256_mul_ps(h, _mm256_permute2f128_ps(h, h, 1)); /* lanes 0-3 valid */
+        const __m256 s01 = _mm256_permutevar8x32_ps(sc, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+        const __m256 s23 = _mm256_permutevar8x32_ps(sc, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3));
+        acc0 = _mm256_fmadd_ps(s01, _mm256_cvtepi32_ps(q4_0_dot_pair_avx2(&a[i], &b[i])), acc0);
+        acc1 = _mm256_fmadd_ps(s23, _mm256_cvtepi32_ps(q4_0_dot_pair_avx2(&a[i + 2], &b[i + 2])), acc1);
+    }
+    for (; i < nb; i++) {
+        const __m256i p = dot_i8_lanes(q4_0_values(&a[i]), LOADU256(b[i].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(a[i].d) * f16s(b[i].d)), _mm256_cvtepi32_ps(p), acc0);
+    }
+    *s = hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* roundf (half away from zero) of each lane: truncate, then step one away
+ * from zero where the dropped fraction is at least 0.5 (exact: v - trunc(v)
+ * is representable). */
+static inline __m256 round_half_away_ps(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+    const __m256 step = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, sign));
+    return _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), step));
+}
+
+void spud_quant_q8_0_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        __m256 v[4], m = _mm256_setzero_ps();
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+        }
+        const float amax = hmax_ps(m);
+        const float d = amax / 127.f;
+        const float id = d != 0.f ? 1.f / d : 0.f;
+        y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        __m256i q[4];
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++) {
+            const __m256 t = clamp_ps(_mm256_mul_ps(v[k], _mm256_set1_ps(id)), -127.f, 127.f);
+            q[k] = _mm256_cvttps_epi32(round_half_away_ps(t));
+        }
+        _mm256_storeu_si256((__m256i *)(void *)y[b].qs, pack_i32_to_i8(q[0], q[1], q[2], q[3]));
+    }
+}
+
+void spud_dequant_q8_0_avx2(const void *vx, float *y, int64_t n) {
+    const block_q8_0 *x = vx;
+    for (int64_t b = 0; b < n / QK8_0; b++, y += QK8_0) {
+        const __m256 d = _mm256_set1_ps(f16s(x[b].d));
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++) {
+            const __m256i q = _mm256_cvtepi8_epi32(LOADU64(x[b].qs + 8 * k));
+            _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+        }
+    }
+}
+
+void spud_dequant_q4_0_avx2(const void *vx, float *y, int64_t n) {
+    const block_q4_0 *x = vx;
+    for (int64_t b = 0; b < n / QK4_0; b++, y += QK4_0) {
+        const __m256 d = _mm256_set1_ps(f16s(x[b].d));
+        const __m256i q = q4_0_values(&x[b]);
+        const __m128i parts[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++) {
+            const __m128i src = (k & 1) ? _mm_srli_si128(parts[k >> 1], 8) : parts[k >> 1];
+            const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(src));
+            _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(f, d));
+        }
+    }
+}
+
+void spud_dequant_f16_avx2(const void *vx, float *y, int64_t n) {
+    const spud_f16 *x = vx;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(LOADU128(x + i)));
+    for (; i < n; i++) y[i] = f16s(x[i]);
+}
+
+void spud_dequant_bf16_avx2(const void *vx, float *y, int64_t n) {
+    const spud_bf16 *x = vx;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, bf16x8_to_ps(x + i));
+    for (; i < n; i++) y[i] = spud_bf16_to_f32(x[i]);
+}
+
+/* ---- q8_K (activations of the k-quant dots) ---- */
+
+void spud_quant_q8_K_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+#pragma GCC unroll 8
+        for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+        const float amax = hmax_ps(m);
+        if (amax == 0.f) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        /* the signed value of the first element of largest magnitude */
+        float max = 0;
+        const __m256 vamax = _mm256_set1_ps(amax);
+#pragma GCC unroll 8
+        for (int k = 0; k < QK_K / 8; k++) {
+            const __m256 ax = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k));
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(ax, vamax, _CMP_EQ_OQ));
+            if (hit) {
+                max = x[8 * k + __builtin_ctz((unsigned)hit)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m256 vs = _mm256_set1_ps(iscale);
+#pragma GCC unroll 8
+        for (int k = 0; k < QK_K / 32; k++) {
+            __m256i q[4];
+#pragma GCC unroll 8
+            for (int j = 0; j < 4; j++) {
+                const __m256 t = clamp_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * k + 8 * j), vs), -128.f, 127.f);
+                q[j] = _mm256_cvtps_epi32(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            }
+            _mm256_storeu_si256((__m256i *)(void *)(y[b].qs + 32 * k), pack_i32_to_i8(q[0], q[1], q[2], q[3]));
+            y[b].bsums[2 * k] = (int16_t)hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+            y[b].bsums[2 * k + 1] = (int16_t)hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+        }
+        y[b].d = 1.f / iscale;
+    }
+}
+
+/* ---- q4_K ---- */
+
+/* The packed scales of a q4_K block as bytes [sc0..sc7, mn0..mn7] (what
+ * spud_q4_K_unpack_scales computes), in vector registers: p[0..12) are the
+ * scales, the 4 bytes after them (the start of qs) are loaded and ignored. */
+static inline __m128i q4_K_scales_vec(const uint8_t *p) {
+    const __m128i u = LOADU128(p);
+    /* dwords: sc0-3 low bits, sc4-7 low nibbles, mn0-3 low bits, mn4-7 low nibbles */
+    const __m128i a = _mm_shuffle_epi8(u, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    /* dwords 1 and 3: the bytes whose top two bits are the high bits of sc4-7 / mn4-7 */
+    const __m128i b = _mm_shuffle_epi8(u, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)),
+                                     _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set1_epi8(0x30));
+    return _mm_or_si128(lo, hi);
+}
+
+/* Per super-block the integer sums Σ_g sc[g]*Σ q*y (8 lanes) and
+ * Σ_g m[g]*(bsum pair) (8 lanes) are exact; they are scaled by d and dmin
+ * and summed in float lanes (summation order differs from the reference). */
+void spud_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *xv) {
+    const block_q4_K *a = w;
+    const block_q8_K *b = xv;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    /* int16 lane i of the min vector = mn[i / 2] (bytes 8..15 of the scales vector) */
+    const __m256i min_pick = _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1, 12, -1, 12,
+                                              -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1);
+    __m256 accd = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m256i scm = _mm256_broadcastsi128_si256(q4_K_scales_vec(a[i].scales));
+        __m256i acc = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = LOADU256(a[i].qs + 32 * c);
+            const __m256i lo = _mm256_and_si256(q, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            const __m256i plo = _mm256_maddubs_epi16(lo, LOADU256(b[i].qs + 64 * c));
+            const __m256i phi = _mm256_maddubs_epi16(hi, LOADU256(b[i].qs + 64 * c + 32));
+            /* scale g as int16: bytes {g, zero} */
+            const __m256i slo = _mm256_shuffle_epi8(scm, _mm256_set1_epi16((short)(0x8000 | (2 * c))));
+            const __m256i shi = _mm256_shuffle_epi8(scm, _mm256_set1_epi16((short)(0x8000 | (2 * c + 1))));
+            acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi)));
+        }
+        const __m256i mins = _mm256_madd_epi16(LOADU256(b[i].bsums), _mm256_shuffle_epi8(scm, min_pick));
+        const float d = f16s(a[i].d) * b[i].d;
+        const float dmin = f16s(a[i].dmin) * b[i].d;
+        accd = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(acc), accd);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mins), accm);
+    }
+    *s = hsum_ps(_mm256_sub_ps(accd, accm));
+}
+
+void spud_dequant_q4_K_avx2(const void *vx, float *y, int64_t n) {
+    const block_q4_K *x = vx;
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float d = f16s(x[b].d), dmin = f16s(x[b].dmin);
+        uint8_t sc[8], mn[8];
+        spud_q4_K_unpack_scales_le(x[b].scales, sc, mn);
+#pragma GCC unroll 8
+        for (int c = 0; c < 4; c++) {
+#pragma GCC unroll 8
+            for (int half = 0; half < 2; half++) {
+                const __m256 dg = _mm256_set1_ps(d * sc[2 * c + half]);
+                const __m256 mg = _mm256_set1_ps(dmin * mn[2 * c + half]);
+#pragma GCC unroll 8
+                for (int k = 0; k < 2; k++) {
+                    __m128i q = LOADU128(x[b].qs + 32 * c + 16 * k);
+                    q = half ? _mm_and_si128(_mm_srli_epi16(q, 4), m4) : _mm_and_si128(q, m4);
+                    const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+                    const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8)));
+                    _mm256_storeu_ps(y + 16 * k, _mm256_sub_ps(_mm256_mul_ps(dg, f0), mg));
+                    _mm256_storeu_ps(y + 16 * k + 8, _mm256_sub_ps(_mm256_mul_ps(dg, f1), mg));
+                }
+                y += 32;
+            }
+        }
+    }
+}
+
+/* ---- q6_K ---- */
+
+/* The four 32-byte vectors of 6-bit values (0..63) of one 128-element half:
+ * elements [0,32), [32,64), [64,96), [96,128) of the half. */
+static inline void q6_K_half_values(const uint8_t *ql, const uint8_t *qh, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    const __m256i l0 = LOADU256(ql), l1 = LOADU256(ql + 32), h = LOADU256(qh);
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                           _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+}
+
+void spud_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const void *xv) {
+    const block_q6_K *a = w;
+    const block_q8_K *b = xv;
+    float sum = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m128i sc8 = LOADU128(a[i].scales);
+        __m256i acc = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            /* scales of groups 8h..8h+7 as int16 in both lanes */
+            const __m256i scv = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc8, 8) : sc8));
+            __m256i q[4];
+            q6_K_half_values(a[i].ql + 64 * h, a[i].qh + 32 * h, q);
+#pragma GCC unroll 8
+            for (int k = 0; k < 4; k++) {
+                /* q[k] covers groups 8h+2k (low lane) and 8h+2k+1 (high lane) */
+                const __m256i p = _mm256_maddubs_epi16(q[k], LOADU256(b[i].qs + 128 * h + 32 * k));
+                const __m256i ctl = _mm256_setr_m128i(_mm_set1_epi16((short)(0x0100 * (4 * k + 1) + 4 * k)),
+                                                      _mm_set1_epi16((short)(0x0100 * (4 * k + 3) + 4 * k + 2)));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scv, ctl)));
+            }
+        }
+        /* the -32 offset: 32 * Σ_g sc[g] * bsums[g] */
+        const __m256i off = _mm256_madd_epi16(LOADU256(b[i].bsums), _mm256_cvtepi8_epi16(sc8));
+        acc = _mm256_sub_epi32(acc, _mm256_slli_epi32(off, 5));
+        const int32_t isum = hsum_epi32(acc);
+        sum += (f16s(a[i].d) * b[i].d) * (float)isum;
+    }
+    *s = sum;
+}
+
+void spud_dequant_q6_K_avx2(const void *vx, float *y, int64_t n) {
+    const block_q6_K *x = vx;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float d = f16s(x[b].d);
+#pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            __m256i q[4];
+            q6_K_half_values(x[b].ql + 64 * h, x[b].qh + 32 * h, q);
+#pragma GCC unroll 8
+            for (int k = 0; k < 4; k++) {
+                const __m256i v = _mm256_sub_epi8(q[k], _mm256_set1_epi8(32));
+                const __m128i parts[2] = {_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)};
+#pragma GCC unroll 8
+                for (int g = 0; g < 2; g++) { /* one group of 16 */
+                    const __m256 dg = _mm256_set1_ps(d * x[b].scales[8 * h + 2 * k + g]);
+                    const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[g]));
+                    const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(parts[g], 8)));
+                    _mm256_storeu_ps(y, _mm256_mul_ps(dg, f0));
+                    _mm256_storeu_ps(y + 8, _mm256_mul_ps(dg, f1));
+                    y += 16;
+                }
+            }
+        }
+    }
+}
+
+const spud_kernel_set spud_kernels_avx2 = {
+    .name = "avx2",
+    .vec_dot = {
+        [SPUD_TYPE_F32] = spud_vec_dot_f32_avx2,
+        [SPUD_TYPE_F16] = spud_vec_dot_f16_avx2,
+        [SPUD_TYPE_BF16] = spud_vec_dot_bf16_avx2,
+        [SPUD_TYPE_Q4_0] = spud_vec_dot_q4_0_q8_0_avx2,
+        [SPUD_TYPE_Q8_0] = spud_vec_dot_q8_0_q8_0_avx2,
+        [SPUD_TYPE_Q4_K] = spud_vec_dot_q4_K_q8_K_avx2,
+        [SPUD_TYPE_Q6_K] = spud_vec_dot_q6_K_q8_K_avx2,
+    },
+    .to_float = {
+        [SPUD_TYPE_F16] = spud_dequant_f16_avx2,
+        [SPUD_TYPE_BF16] = spud_dequant_bf16_avx2,
+        [SPUD_TYPE_Q4_0] = spud_dequant_q4_0_avx2,
+        [SPUD_TYPE_Q8_0] = spud_dequant_q8_0_avx2,
+        [SPUD_TYPE_Q4_K] = spud_dequant_q4_K_avx2,
+        [SPUD_TYPE_Q6_K] = spud_dequant_q6_K_avx2,
+    },
+    .from_float = {
+        [SPUD_TYPE_Q8_0] = spud_quant_q8_0_avx2,
+        [SPUD_TYPE_Q8_K] = spud_quant_q8_K_avx2,
+    },
+    .dot_f32 = spud_dot_f32_avx2,
+    .axpy_f32 = spud_axpy_f32_avx2,
+};

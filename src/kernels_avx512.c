@@ -1,0 +1,576 @@
+/* kernels_avx512.c: AVX-512 kernels (F/BW/VL/DQ + VNNI; compiled with the
+ * AVX2 flags too; called only when spud_cpu_has(SPUD_ISA_AVX512)).
+ *
+ * Integer dots use VNNI: vpdpbusd (u8 x s8, 4 products per 32-bit lane, no
+ * saturation) for q8_0/q4_0, and maddubs followed by vpdpwssd (s16 x s16
+ * pairs into 32-bit lanes) to apply the per-group scales of q4_K/q6_K without
+ * leaving the integer domain. The q4_0/q8_0 dots take the 16 block scales of
+ * 16 blocks at once with two gathers and one fp16 conversion.
+ *
+ * Same numerical contract as kernels_avx2.c: the k-quant dots, quantizers and
+ * dequantizers are bit-identical to the references; q4_0/q8_0/float dots
+ * differ by float summation order only.
+ *
+ * AVX512_BF16 (vdpbf16ps) is deliberately not used for the bf16 dot: it would
+ * round the f32 activations to bf16 and flush denormals. Widening bf16 to f32
+ * is a shift and the dot is memory-bound either way.
+ */
+#include "kernels.h" /* first: sets the floating-point contraction mode */
+
+#include <immintrin.h>
+#include <string.h>
+
+#define LOADU512(p) _mm512_loadu_si512((const void *)(p))
+#define LOADU256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define LOADU128(p) _mm_loadu_si128((const __m128i *)(const void *)(p))
+#define LOADU64(p) _mm_loadl_epi64((const __m128i *)(const void *)(p))
+
+static inline float f16s(spud_f16 h) { return _cvtsh_ss(h); }
+
+static inline int32_t hsum_epi32_128(__m128i s) {
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline int32_t hsum_epi32_256(__m256i v) {
+    return hsum_epi32_128(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+}
+
+static inline __mmask16 tail_mask16(int64_t left) {
+    return (__mmask16)(left >= 16 ? 0xFFFF : (1u << left) - 1);
+}
+
+/* ---- float dots ---- */
+
+void spud_vec_dot_f32_avx512(int64_t n, float *s, const void *w, const void *xv) {
+    const float *a = w, *x = xv;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * k), _mm512_loadu_ps(x + i + 16 * k),
+                                     acc[k]);
+    for (; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, x + i), acc[0]);
+    }
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+float spud_dot_f32_avx512(const float *a, const float *b, int64_t n) {
+    float s;
+    spud_vec_dot_f32_avx512(n, &s, a, b);
+    return s;
+}
+
+void spud_axpy_f32_avx512(float *y, float a, const float *x, int64_t n) {
+    const __m512 va = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        const __mmask16 m = tail_mask16(n - i);
+        const __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+        _mm512_mask_storeu_ps(y + i, m, r);
+    }
+}
+
+static inline __m512 f16x16_to_ps(const spud_f16 *p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+void spud_vec_dot_f16_avx512(int64_t n, float *s, const void *w, const void *xv) {
+    const spud_f16 *a = w;
+    const float *x = xv;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtph_ps(LOADU256(a + i + 16 * k)),
+                                     _mm512_loadu_ps(x + i + 16 * k), acc[k]);
+    for (; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        acc[0] = _mm512_fmadd_ps(f16x16_to_ps(a + i, m), _mm512_maskz_loadu_ps(m, x + i), acc[0]);
+    }
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+static inline __m512 bf16x16_to_ps(const spud_bf16 *p, __mmask16 m) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+void spud_vec_dot_bf16_avx512(int64_t n, float *s, const void *w, const void *xv) {
+    const spud_bf16 *a = w;
+    const float *x = xv;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+#pragma GCC unroll 8
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm512_fmadd_ps(bf16x16_to_ps(a + i + 16 * k, 0xFFFF), _mm512_loadu_ps(x + i + 16 * k),
+                                     acc[k]);
+    for (; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        acc[0] = _mm512_fmadd_ps(bf16x16_to_ps(a + i, m), _mm512_maskz_loadu_ps(m, x + i), acc[0]);
+    }
+    *s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+void spud_dequant_f16_avx512(const void *vx, float *y, int64_t n) {
+    const spud_f16 *x = vx;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        _mm512_mask_storeu_ps(y + i, m, f16x16_to_ps(x + i, m));
+    }
+}
+
+void spud_dequant_bf16_avx512(const void *vx, float *y, int64_t n) {
+    const spud_bf16 *x = vx;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        _mm512_mask_storeu_ps(y + i, m, bf16x16_to_ps(x + i, m));
+    }
+}
+
+/* ---- q8_0 / q4_0 ---- */
+
+/* The fp16 d fields (first field of the block) of 16 consecutive blocks of
+ * 18 bytes (q4_0) or 34 bytes (q8_0), as 16 halves: vpermt2w picks the words
+ * out of 128-byte windows (8 resp. 4 blocks each). Gathers are much slower on
+ * the CPUs this targets. Never reads past the 16th block. */
+static inline __m256i d16_stride18(const void *p) {
+    const char *c = p;
+    const __m512i idx = _mm512_castsi256_si512(
+        _mm256_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63, 0, 0, 0, 0, 0, 0, 0, 0));
+    const __m512i lo = _mm512_permutex2var_epi16(LOADU512(c), idx, LOADU512(c + 64));
+    const __m512i hi = _mm512_permutex2var_epi16(LOADU512(c + 144), idx, LOADU512(c + 208));
+    return _mm256_inserti128_si256(_mm512_castsi512_si256(lo), _mm512_castsi512_si128(hi), 1);
+}
+
+static inline __m256i d16_stride34(const void *p) {
+    const char *c = p;
+    const __m512i i0 = _mm512_castsi256_si512(_mm256_setr_epi16(0, 17, 34, 51, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+    const __m512i i1 = _mm512_castsi256_si512(_mm256_setr_epi16(0, 0, 0, 0, 0, 17, 34, 51, 0, 0, 0, 0, 0, 0, 0, 0));
+    const __m512i i2 = _mm512_castsi256_si512(_mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 17, 34, 51, 0, 0, 0, 0));
+    const __m512i i3 = _mm512_castsi256_si512(_mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 17, 34, 51));
+    __m512i r = _mm512_permutex2var_epi16(LOADU512(c), i0, LOADU512(c + 64));
+    r = _mm512_mask_mov_epi16(r, 0x00F0, _mm512_permutex2var_epi16(LOADU512(c + 136), i1, LOADU512(c + 200)));
+    r = _mm512_mask_mov_epi16(r, 0x0F00, _mm512_permutex2var_epi16(LOADU512(c + 272), i2, LOADU512(c + 336)));
+    r = _mm512_mask_mov_epi16(r, 0xF000, _mm512_permutex2var_epi16(LOADU512(c + 408), i3, LOADU512(c + 472)));
+    return _mm512_castsi512_si256(r);
+}
+
+/* Lanes 0-7 = s[2k], lanes 8-15 = s[2k+1]. */
+static inline __m512 pair_scale(__m512 s, int k) {
+    const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * k)),
+                                           _mm256_set1_epi32(2 * k + 1), 1);
+    return _mm512_permutexvar_ps(idx, s);
+}
+
+static inline __m512i load_2x32(const int8_t *p0, const int8_t *p1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(LOADU256(p0)), LOADU256(p1), 1);
+}
+
+/* Signed int8 dot in 32-bit lanes (4 products each): |w| x (x sign-flipped
+ * where w < 0), through vpdpbusd. */
+static inline __m512i dot_i8_512(__m512i w, __m512i x) {
+    const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), sx);
+}
+
+static inline __m256i dot_i8_256(__m256i w, __m256i x) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+}
+
+void spud_vec_dot_q8_0_q8_0_avx512(int64_t n, float *s, const void *w, const void *xv) {
+    const block_q8_0 *a = w, *b = xv;
+    const int64_t nb = n / QK8_0;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= nb; i += 16) {
+        const __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(d16_stride34(&a[i])), _mm512_cvtph_ps(d16_stride34(&b[i])));
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k += 2) {
+            const int64_t j = i + 2 * k;
+            const __m512i p0 = dot_i8_512(load_2x32(a[j].qs, a[j + 1].qs), load_2x32(b[j].qs, b[j + 1].qs));
+            const __m512i p1 = dot_i8_512(load_2x32(a[j + 2].qs, a[j + 3].qs), load_2x32(b[j + 2].qs, b[j + 3].qs));
+            acc0 = _mm512_fmadd_ps(pair_scale(sc, k), _mm512_cvtepi32_ps(p0), acc0);
+            acc1 = _mm512_fmadd_ps(pair_scale(sc, k + 1), _mm512_cvtepi32_ps(p1), acc1);
+        }
+    }
+    for (; i + 2 <= nb; i += 2) {
+        const __m512i p = dot_i8_512(load_2x32(a[i].qs, a[i + 1].qs), load_2x32(b[i].qs, b[i + 1].qs));
+        const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(f16s(a[i].d) * f16s(b[i].d)),
+                                             _mm256_set1_ps(f16s(a[i + 1].d) * f16s(b[i + 1].d)), 1);
+        acc0 = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), acc0);
+    }
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    if (i < nb) {
+        const __m256i p = dot_i8_256(LOADU256(a[i].qs), LOADU256(b[i].qs));
+        sum += (float)hsum_epi32_256(p) * (f16s(a[i].d) * f16s(b[i].d));
+    }
+    *s = sum;
+}
+
+/* Nibbles of blocks q0, q1 as [lo(q0) | hi(q0) | lo(q1) | hi(q1)], 16 bytes each:
+ * the 64 unsigned values (0..15) of two consecutive q4_0 blocks in order. */
+static inline __m512i q4_0_pair(const block_q4_0 *q0, const block_q4_0 *q1) {
+    __m512i z = _mm512_broadcast_i32x4(LOADU128(q0->qs));
+    z = _mm512_mask_broadcast_i32x4(z, 0xFF00, LOADU128(q1->qs));
+    z = _mm512_srlv_epi64(z, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+    return _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+}
+
+/* Σ (q - 8) * x per 8 lanes: vpdpbusd of the unsigned nibbles, minus 8 Σ x. */
+static inline __m512i q4_0_dot_pair(__m512i q, __m512i x) {
+    const __m512i qx = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+    const __m512i sx8 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), x);
+    return _mm512_sub_epi32(qx, sx8);
+}
+
+/* Four blocks at once, 128-bit lane b = block b: the 64 nibble bytes split
+ * into low halves [lo0..lo3] and high halves [hi0..hi3], matched with the
+ * activations' first and second 16 bytes of each block. */
+static inline __m512i q4_0_dot_quad(const block_q4_0 *a, const block_q8_0 *b) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    __m512i z = _mm512_castsi128_si512(LOADU128(a[0].qs));
+    z = _mm512_inserti32x4(z, LOADU128(a[1].qs), 1);
+    z = _mm512_inserti32x4(z, LOADU128(a[2].qs), 2);
+    z = _mm512_inserti32x4(z, LOADU128(a[3].qs), 3);
+    const __m512i lo = _mm512_and_si512(z, m4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+    const __m512i y01 = load_2x32(b[0].qs, b[1].qs), y23 = load_2x32(b[2].qs, b[3].qs);
+    const __m512i ylo = _mm512_shuffle_i64x2(y01, y23, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i yhi = _mm512_shuffle_i64x2(y01, y23, _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512i qy = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, ylo), hi, yhi);
+    const __m512i y8 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, ylo), eight, yhi);
+    return _mm512_sub_epi32(qy, y8);
+}
+
+/* Lanes 4j..4j+3 = s[4k + j]. */
+static inline __m512 quad_scale(__m512 s, int k) {
+    const __m512i idx = _mm512_setr_epi32(4 * k, 4 * k, 4 * k, 4 * k, 4 * k + 1, 4 * k + 1, 4 * k + 1, 4 * k + 1,
+                                          4 * k + 2, 4 * k + 2, 4 * k + 2, 4 * k + 2, 4 * k + 3, 4 * k + 3, 4 * k + 3,
+                                          4 * k + 3);
+    return _mm512_permutexvar_ps(idx, s);
+}
+
+void spud_vec_dot_q4_0_q8_0_avx512(int64_t n, float *s, const void *w, const void *xv) {
+    const block_q4_0 *a = w;
+    const block_q8_0 *b = xv;
+    const int64_t nb = n / QK4_0;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= nb; i += 16) {
+        const __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(d16_stride18(&a[i])), _mm512_cvtph_ps(d16_stride34(&b[i])));
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k += 2) {
+            const __m512i p0 = q4_0_dot_quad(&a[i + 4 * k], &b[i + 4 * k]);
+            const __m512i p1 = q4_0_dot_quad(&a[i + 4 * k + 4], &b[i + 4 * k + 4]);
+            acc0 = _mm512_fmadd_ps(quad_scale(sc, k), _mm512_cvtepi32_ps(p0), acc0);
+            acc1 = _mm512_fmadd_ps(quad_scale(sc, k + 1), _mm512_cvtepi32_ps(p1), acc1);
+        }
+    }
+    for (; i + 2 <= nb; i += 2) {
+        const __m512i p = q4_0_dot_pair(q4_0_pair(&a[i], &a[i + 1]), load_2x32(b[i].qs, b[i + 1].qs));
+        const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(f16s(a[i].d) * f16s(b[i].d)),
+                                             _mm256_set1_ps(f16s(a[i + 1].d) * f16s(b[i + 1].d)), 1);
+        acc0 = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), acc0);
+    }
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    if (i < nb) {
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        const __m128i raw = LOADU128(a[i].qs);
+        __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+        q = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+        const __m256i p = dot_i8_256(q, LOADU256(b[i].qs));
+        sum += (float)hsum_epi32_256(p) * (f16s(a[i].d) * f16s(b[i].d));
+    }
+    *s = sum;
+}
+
+/* roundf (half away from zero) of each lane; see kernels_avx2.c. */
+static inline __m512 round_half_away_512(__m512 v) {
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
+    const __m512 step = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, _mm512_set1_ps(-0.0f)));
+    return _mm512_mask_add_ps(t, _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ), t, step);
+}
+
+static inline __m512 clamp_512(__m512 v, float lo, float hi) {
+    return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));
+}
+
+void spud_quant_q8_0_avx512(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float d = amax / 127.f;
+        const float id = d != 0.f ? 1.f / d : 0.f;
+        y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = _mm512_cvttps_epi32(round_half_away_512(clamp_512(_mm512_mul_ps(v0, vid), -127.f, 127.f)));
+        const __m512i q1 = _mm512_cvttps_epi32(round_half_away_512(clamp_512(_mm512_mul_ps(v1, vid), -127.f, 127.f)));
+        _mm_storeu_si128((__m128i *)(void *)y[b].qs, _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(void *)(y[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
+    }
+}
+
+void spud_dequant_q8_0_avx512(const void *vx, float *y, int64_t n) {
+    const block_q8_0 *x = vx;
+    for (int64_t b = 0; b < n / QK8_0; b++, y += QK8_0) {
+        const __m512 d = _mm512_set1_ps(f16s(x[b].d));
+#pragma GCC unroll 8
+        for (int k = 0; k < 2; k++) {
+            const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(LOADU128(x[b].qs + 16 * k)));
+            _mm512_storeu_ps(y + 16 * k, _mm512_mul_ps(f, d));
+        }
+    }
+}
+
+void spud_dequant_q4_0_avx512(const void *vx, float *y, int64_t n) {
+    const block_q4_0 *x = vx;
+    const __m128i m4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    for (int64_t b = 0; b < n / QK4_0; b++, y += QK4_0) {
+        const __m512 d = _mm512_set1_ps(f16s(x[b].d));
+        const __m128i raw = LOADU128(x[b].qs);
+        const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, m4), eight);
+        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), eight);
+        _mm512_storeu_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d));
+        _mm512_storeu_ps(y + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d));
+    }
+}
+
+/* ---- q8_K ---- */
+
+void spud_quant_q8_K_avx512(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m512 m = _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int k = 0; k < QK_K / 16; k++) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + 16 * k)));
+        const float amax = _mm512_reduce_max_ps(m);
+        if (amax == 0.f) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        /* the signed value of the first element of largest magnitude */
+        float max = 0;
+        const __m512 vamax = _mm512_set1_ps(amax);
+#pragma GCC unroll 8
+        for (int k = 0; k < QK_K / 16; k++) {
+            const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + 16 * k)), vamax, _CMP_EQ_OQ);
+            if (hit) {
+                max = x[16 * k + __builtin_ctz((unsigned)hit)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m512 vs = _mm512_set1_ps(iscale);
+#pragma GCC unroll 8
+        for (int k = 0; k < QK_K / 16; k++) { /* one zmm = one bsums group */
+            const __m512 t = clamp_512(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * k), vs), -128.f, 127.f);
+            const __m512i q = _mm512_cvtps_epi32(_mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            _mm_storeu_si128((__m128i *)(void *)(y[b].qs + 16 * k), _mm512_cvtsepi32_epi8(q));
+            y[b].bsums[k] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        y[b].d = 1.f / iscale;
+    }
+}
+
+/* ---- q4_K ---- */
+
+/* The packed scales of a q4_K block as bytes [sc0..sc7, mn0..mn7] (what
+ * spud_q4_K_unpack_scales computes), in vector registers: p[0..12) are the
+ * scales, the 4 bytes after them (the start of qs) are loaded and ignored. */
+static inline __m128i q4_K_scales_vec(const uint8_t *p) {
+    const __m128i u = LOADU128(p);
+    /* dwords: sc0-3 low bits, sc4-7 low nibbles, mn0-3 low bits, mn4-7 low nibbles */
+    const __m128i a = _mm_shuffle_epi8(u, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    /* dwords 1 and 3: the bytes whose top two bits are the high bits of sc4-7 / mn4-7 */
+    const __m128i b = _mm_shuffle_epi8(u, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)),
+                                     _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set1_epi8(0x30));
+    return _mm_or_si128(lo, hi);
+}
+
+/* vpshufb control giving int16 lanes 0-15 = byte ga, lanes 16-31 = byte gb
+ * of each 128-bit lane (the high byte of each int16 zeroed). */
+static inline __m512i scale_pick(int ga, int gb) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(0x8000 | ga))),
+                              _mm256_set1_epi16((short)(0x8000 | gb)), 1);
+}
+
+/* Per super-block: Σ_g sc[g] * Σ q*y in 16 int32 lanes (maddubs, then
+ * vpdpwssd with the group's scale), and Σ_g m[g] * (bsum pair of g) in 8 int32
+ * lanes. Those are exact; they are scaled by d and dmin and summed in float
+ * lanes across super-blocks (summation order differs from the reference). */
+void spud_vec_dot_q4_K_q8_K_avx512(int64_t n, float *s, const void *w, const void *xv) {
+    const block_q4_K *a = w;
+    const block_q8_K *b = xv;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+    /* int16 lane i of the min vector = mn[i / 2] (bytes 8..15 of the scales vector) */
+    const __m256i min_pick = _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1, 12, -1, 12,
+                                              -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1);
+    __m512 accd = _mm512_setzero_ps();
+    __m256 accm = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m128i scm = q4_K_scales_vec(a[i].scales);
+        const __m512i scb = _mm512_broadcast_i32x4(scm);
+        __m512i acc = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            /* 32 bytes of nibbles -> [group 2c (low nibbles) | group 2c+1 (high)] */
+            const __m512i q = _mm512_and_si512(
+                _mm512_srlv_epi64(_mm512_broadcast_i64x4(LOADU256(a[i].qs + 32 * c)), nibble_shift), m4);
+            const __m512i p = _mm512_maddubs_epi16(q, LOADU512(b[i].qs + 64 * c));
+            acc = _mm512_dpwssd_epi32(acc, p, _mm512_shuffle_epi8(scb, scale_pick(2 * c, 2 * c + 1)));
+        }
+        const __m256i mins = _mm256_madd_epi16(LOADU256(b[i].bsums),
+                                               _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(scm), min_pick));
+        const float d = f16s(a[i].d) * b[i].d;
+        const float dmin = f16s(a[i].dmin) * b[i].d;
+        accd = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(acc), accd);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(mins), accm);
+    }
+    const __m256 t = _mm256_sub_ps(_mm256_add_ps(_mm512_castps512_ps256(accd), _mm512_extractf32x8_ps(accd, 1)), accm);
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    *s = _mm_cvtss_f32(r);
+}
+
+void spud_dequant_q4_K_avx512(const void *vx, float *y, int64_t n) {
+    const block_q4_K *x = vx;
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float d = f16s(x[b].d), dmin = f16s(x[b].dmin);
+        uint8_t sc[8], mn[8];
+        spud_q4_K_unpack_scales_le(x[b].scales, sc, mn);
+#pragma GCC unroll 8
+        for (int c = 0; c < 4; c++) {
+#pragma GCC unroll 8
+            for (int half = 0; half < 2; half++) {
+                const __m512 dg = _mm512_set1_ps(d * sc[2 * c + half]);
+                const __m512 mg = _mm512_set1_ps(dmin * mn[2 * c + half]);
+#pragma GCC unroll 8
+                for (int k = 0; k < 2; k++) {
+                    __m128i q = LOADU128(x[b].qs + 32 * c + 16 * k);
+                    q = half ? _mm_and_si128(_mm_srli_epi16(q, 4), m4) : _mm_and_si128(q, m4);
+                    const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+                    _mm512_storeu_ps(y + 16 * k, _mm512_sub_ps(_mm512_mul_ps(dg, f), mg));
+                }
+                y += 32;
+            }
+        }
+    }
+}
+
+/* ---- q6_K ---- */
+
+/* The 6-bit values (0..63) of one 128-element half as two zmm: elements
+ * [0, 64) and [64, 128) of the half. */
+static inline void q6_K_half_values_512(const uint8_t *ql, const uint8_t *qh, __m512i *qa, __m512i *qb) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const __m512i l = LOADU512(ql);
+    const __m512i h = _mm512_broadcast_i64x4(LOADU256(qh));
+    /* top bits: pairs 0,1 -> [0,32), [32,64); pairs 2,3 -> [64,96), [96,128) */
+    const __m512i ha = _mm512_and_si512(_mm512_sllv_epi64(h, _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2)), m30);
+    const __m512i hb = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2)), m30);
+    *qa = _mm512_or_si512(_mm512_and_si512(l, m4), ha);
+    *qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), hb);
+}
+
+/* vpermw index: int16 lanes 8j..8j+7 = element g0 + j (j = 0..3). */
+static inline __m512i group_index(int g0) {
+    return _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_setr_epi16(g0, g0, g0, g0, g0, g0, g0, g0, g0 + 1, g0 + 1, g0 + 1, g0 + 1,
+                                                 g0 + 1, g0 + 1, g0 + 1, g0 + 1)),
+        _mm256_setr_epi16(g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 2, g0 + 3, g0 + 3, g0 + 3,
+                          g0 + 3, g0 + 3, g0 + 3, g0 + 3, g0 + 3),
+        1);
+}
+
+void spud_vec_dot_q6_K_q8_K_avx512(int64_t n, float *s, const void *w, const void *xv) {
+    const block_q6_K *a = w;
+    const block_q8_K *b = xv;
+    float sum = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(LOADU128(a[i].scales));
+        const __m512i sc512 = _mm512_castsi256_si512(sc16); /* vpermw reads lanes 0-15 only */
+        __m512i acc = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            __m512i qa, qb;
+            q6_K_half_values_512(a[i].ql + 64 * h, a[i].qh + 32 * h, &qa, &qb);
+            const __m512i pa = _mm512_maddubs_epi16(qa, LOADU512(b[i].qs + 128 * h));
+            const __m512i pb = _mm512_maddubs_epi16(qb, LOADU512(b[i].qs + 128 * h + 64));
+            acc = _mm512_dpwssd_epi32(acc, pa, _mm512_permutexvar_epi16(group_index(8 * h), sc512));
+            acc = _mm512_dpwssd_epi32(acc, pb, _mm512_permutexvar_epi16(group_index(8 * h + 4), sc512));
+        }
+        /* the -32 offset: 32 * Σ_g sc[g] * bsums[g] */
+        const int32_t off = hsum_epi32_256(_mm256_madd_epi16(LOADU256(b[i].bsums), sc16));
+        const int32_t isum = _mm512_reduce_add_epi32(acc) - off * 32;
+        sum += (f16s(a[i].d) * b[i].d) * (float)isum;
+    }
+    *s = sum;
+}
+
+void spud_dequant_q6_K_avx512(const void *vx, float *y, int64_t n) {
+    const block_q6_K *x = vx;
+    int8_t v[128];
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float d = f16s(x[b].d);
+#pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            __m512i qa, qb;
+            q6_K_half_values_512(x[b].ql + 64 * h, x[b].qh + 32 * h, &qa, &qb);
+            _mm512_storeu_si512(v, _mm512_sub_epi8(qa, _mm512_set1_epi8(32)));
+            _mm512_storeu_si512(v + 64, _mm512_sub_epi8(qb, _mm512_set1_epi8(32)));
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) {
+                const __m512 dg = _mm512_set1_ps(d * x[b].scales[8 * h + g]);
+                const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(LOADU128(v + 16 * g)));
+                _mm512_storeu_ps(y, _mm512_mul_ps(dg, f));
+                y += 16;
+            }
+        }
+    }
+}
+
+const spud_kernel_set spud_kernels_avx512 = {
+    .name = "avx512",
+    .vec_dot = {
+        [SPUD_TYPE_F32] = spud_vec_dot_f32_avx512,
+        [SPUD_TYPE_F16] = spud_vec_dot_f16_avx512,
+        [SPUD_TYPE_BF16] = spud_vec_dot_bf16_avx512,
+        [SPUD_TYPE_Q4_0] = spud_vec_dot_q4_0_q8_0_avx512,
+        [SPUD_TYPE_Q8_0] = spud_vec_dot_q8_0_q8_0_avx512,
+        [SPUD_TYPE_Q4_K] = spud_vec_dot_q4_K_q8_K_avx512,
+        [SPUD_TYPE_Q6_K] = spud_vec_dot_q6_K_q8_K_avx512,
+    },
+    .to_float = {
+        [SPUD_TYPE_F16] = spud_dequant_f16_avx512,
+        [SPUD_TYPE_BF16] = spud_dequant_bf16_avx512,
+        [SPUD_TYPE_Q4_0] = spud_dequant_q4_0_avx512,
+        [SPUD_TYPE_Q8_0] = spud_dequant_q8_0_avx512,
+        [SPUD_TYPE_Q4_K] = spud_dequant_q4_K_avx512,
+        [SPUD_TYPE_Q6_K] = spud_dequant_q6_K_avx512,
+    },
+    .from_float = {
+        [SPUD_TYPE_Q8_0] = spud_quant_q8_0_avx512,
+        [SPUD_TYPE_Q8_K] = spud_quant_q8_K_avx512,
+    },
+    .dot_f32 = spud_dot_f32_avx512,
+    .axpy_f32 = spud_axpy_f32_avx512,
+};

@@ -131,7 +131,12 @@ spud_status spud_gguf_writer_add_tensor(spud_gguf_writer *w, const char *name, u
 /* Write to path (via a temporary file renamed into place). Uses general.alignment if set. */
 spud_status spud_gguf_writer_write(spud_gguf_writer *w, const char *path);
 
-/* ---- more accessors ---- */
+/* ---- more accessors ----
+ * Notes on the reader: a tensor type id that GGML does not define (or has
+ * retired) is rejected at open, as GGML's reader does; a GGML type spud cannot
+ * compute with opens with data NULL and nbytes 0, but its data must still lie
+ * inside the file. The writer requires nbytes to match the shape for every
+ * GGML type. */
 /* File offset of the data section (a multiple of the alignment; may equal or
  * exceed the file size when no tensor has data, as in vocab-only files). */
 uint64_t spud_gguf_data_offset(const spud_gguf *g);

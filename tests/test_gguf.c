@@ -1292,6 +1292,8 @@ static void replay_dir(const char *dir, bool must_open) {
         size_t size;
         void *copy;
         spud_gguf *g;
+        size_t len = strlen(gl.gl_pathv[i]);
+        if (len > 3 && strcmp(gl.gl_pathv[i] + len - 3, ".md") == 0) continue;
         cr_assert_eq(spud_read_file(gl.gl_pathv[i], &data, &size), SPUD_OK);
         spud_status st = open_copy(data, size, &g, &copy);
         if (st == SPUD_OK) {
@@ -1312,5 +1314,5 @@ static void replay_dir(const char *dir, bool must_open) {
 
 GGUF_TEST(regressions_and_seeds) {
     replay_dir(SPUD_SOURCE_DIR "/tests/regress/gguf", false);
-    replay_dir(SPUD_SOURCE_DIR "/fuzz/corpus/gguf", true);
+    replay_dir(SPUD_SOURCE_DIR "/fuzz/corpus/gguf", true); /* the seeds are valid files */
 }

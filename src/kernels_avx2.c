@@ -65,6 +65,13 @@ static inline __m256 clamp_ps(__m256 v, float lo, float hi) {
     return _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
 }
 
+/* Prefetch distance for weights streaming from memory; see kernels_avx512.c. */
+#define PREFETCH_AHEAD 8192
+
+static inline void prefetch_weights(const void *p, int bytes) {
+    for (int off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + PREFETCH_AHEAD + off, _MM_HINT_T0);
+}
+
 /* ---- float dots ---- */
 
 void spud_vec_dot_f32_avx2(int64_t n, float *s, const void *w, const void *xv) {
@@ -72,11 +79,13 @@ void spud_vec_dot_f32_avx2(int64_t n, float *s, const void *w, const void *xv) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
+    for (; i + 32 <= n; i += 32) {
+        prefetch_weights(a + i, 128);
 #pragma GCC unroll 8
         for (int k = 0; k < 4; k++)
             acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k),
                                      acc[k]);
+    }
     for (; i + 8 <= n; i += 8)
         acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(x + i), acc[0]);
     float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
@@ -104,11 +113,13 @@ void spud_vec_dot_f16_avx2(int64_t n, float *s, const void *w, const void *xv) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
+    for (; i + 32 <= n; i += 32) {
+        prefetch_weights(a + i, 64);
 #pragma GCC unroll 8
         for (int k = 0; k < 4; k++)
             acc[k] = _mm256_fmadd_ps(_mm256_cvtph_ps(LOADU128(a + i + 8 * k)),
                                      _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+    }
     for (; i + 8 <= n; i += 8)
         acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(LOADU128(a + i)), _mm256_loadu_ps(x + i), acc[0]);
     float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
@@ -126,11 +137,13 @@ void spud_vec_dot_bf16_avx2(int64_t n, float *s, const void *w, const void *xv) 
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
+    for (; i + 32 <= n; i += 32) {
+        prefetch_weights(a + i, 64);
 #pragma GCC unroll 8
         for (int k = 0; k < 4; k++)
             acc[k] = _mm256_fmadd_ps(bf16x8_to_ps(a + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k),
                                      acc[k]);
+    }
     for (; i + 8 <= n; i += 8)
         acc[0] = _mm256_fmadd_ps(bf16x8_to_ps(a + i), _mm256_loadu_ps(x + i), acc[0]);
     float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
@@ -146,6 +159,7 @@ void spud_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *w, const void 
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 2 <= nb; i += 2) {
+        prefetch_weights(&a[i], 2 * sizeof(block_q8_0));
         const __m256i p0 = dot_i8_lanes(LOADU256(a[i].qs), LOADU256(b[i].qs));
         const __m256i p1 = dot_i8_lanes(LOADU256(a[i + 1].qs), LOADU256(b[i + 1].qs));
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(a[i].d) * f16s(b[i].d)), _mm256_cvtepi32_ps(p0), acc0);
@@ -201,6 +215,7 @@ void spud_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *w, const void 
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 4 <= nb; i += 4) {
+        prefetch_weights(&a[i], 4 * sizeof(block_q4_0));
         /* the 4 block scales: halves [w0..w3, x0..x3] -> floats, multiplied */
         const __m256 h = _mm256_cvtph_ps(_mm_set_epi64x((long long)d4(&b[i], sizeof(block_q8_0)),
                                                         (long long)d4(&a[i], sizeof(block_q4_0))));
@@ -366,6 +381,7 @@ void spud_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *w, const void 
                                               -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1);
     __m256 accd = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
+        prefetch_weights(&a[i], sizeof(block_q4_K));
         const __m256i scm = _mm256_broadcastsi128_si256(q4_K_scales_vec(a[i].scales));
         __m256i acc = _mm256_setzero_si256();
 #pragma GCC unroll 4
@@ -436,6 +452,7 @@ void spud_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *w, const void 
     const block_q8_K *b = xv;
     float sum = 0;
     for (int64_t i = 0; i < n / QK_K; i++) {
+        prefetch_weights(&a[i], sizeof(block_q6_K));
         const __m128i sc8 = LOADU128(a[i].scales);
         __m256i acc = _mm256_setzero_si256();
 #pragma GCC unroll 8

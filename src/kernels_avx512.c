@@ -41,18 +41,44 @@ static inline __mmask16 tail_mask16(int64_t left) {
     return (__mmask16)(left >= 16 ? 0xFFFF : (1u << left) - 1);
 }
 
+/* Weights stream from memory once per token: prefetch this far ahead of the
+ * row being read (measured on Zen 5: about 8 KB turns ~32 GB/s into ~38 GB/s
+ * single-threaded; the hardware prefetcher alone starts too late). Prefetches
+ * never fault, so running past the end of a row or tensor is harmless. */
+#define PREFETCH_AHEAD 8192
+
+static inline void prefetch_weights(const void *p, int bytes) {
+    for (int off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + PREFETCH_AHEAD + off, _MM_HINT_T0);
+}
+
+/* Elements of size `elem` before p reaches a 64-byte boundary (so the main
+ * loops' weight loads do not split cache lines), at most n. */
+static inline int64_t head_to_align64(const void *p, size_t elem, int64_t n) {
+    const size_t mis = (size_t)(-(uintptr_t)p) & 63;
+    const int64_t h = mis % elem ? 0 : (int64_t)(mis / elem);
+    return h < n ? h : n;
+}
+
 /* ---- float dots ---- */
 
 void spud_vec_dot_f32_avx512(int64_t n, float *s, const void *w, const void *xv) {
     const float *a = w, *x = xv;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                      _mm512_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64)
+    /* a head with masked loads until the weights are 64-byte aligned */
+    const int64_t head = head_to_align64(a, sizeof *a, n);
+    for (int64_t j = 0; j < head; j += 16) {
+        const __mmask16 m = tail_mask16(head - j);
+        acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + j), _mm512_maskz_loadu_ps(m, x + j), acc[1]);
+    }
+    int64_t i = head;
+    for (; i + 64 <= n; i += 64) {
+        prefetch_weights(a + i, 256);
 #pragma GCC unroll 8
         for (int k = 0; k < 4; k++)
             acc[k] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * k), _mm512_loadu_ps(x + i + 16 * k),
                                      acc[k]);
+    }
     for (; i < n; i += 16) {
         const __mmask16 m = tail_mask16(n - i);
         acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, x + i), acc[0]);
@@ -87,12 +113,20 @@ void spud_vec_dot_f16_avx512(int64_t n, float *s, const void *w, const void *xv)
     const float *x = xv;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                      _mm512_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64)
+    /* a head with masked loads until the weights are 64-byte aligned */
+    const int64_t head = head_to_align64(a, sizeof *a, n);
+    for (int64_t j = 0; j < head; j += 16) {
+        const __mmask16 m = tail_mask16(head - j);
+        acc[1] = _mm512_fmadd_ps(f16x16_to_ps(a + j, m), _mm512_maskz_loadu_ps(m, x + j), acc[1]);
+    }
+    int64_t i = head;
+    for (; i + 64 <= n; i += 64) {
+        prefetch_weights(a + i, 128);
 #pragma GCC unroll 8
         for (int k = 0; k < 4; k++)
             acc[k] = _mm512_fmadd_ps(_mm512_cvtph_ps(LOADU256(a + i + 16 * k)),
                                      _mm512_loadu_ps(x + i + 16 * k), acc[k]);
+    }
     for (; i < n; i += 16) {
         const __mmask16 m = tail_mask16(n - i);
         acc[0] = _mm512_fmadd_ps(f16x16_to_ps(a + i, m), _mm512_maskz_loadu_ps(m, x + i), acc[0]);
@@ -110,12 +144,20 @@ void spud_vec_dot_bf16_avx512(int64_t n, float *s, const void *w, const void *xv
     const float *x = xv;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                      _mm512_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64)
+    /* a head with masked loads until the weights are 64-byte aligned */
+    const int64_t head = head_to_align64(a, sizeof *a, n);
+    for (int64_t j = 0; j < head; j += 16) {
+        const __mmask16 m = tail_mask16(head - j);
+        acc[1] = _mm512_fmadd_ps(bf16x16_to_ps(a + j, m), _mm512_maskz_loadu_ps(m, x + j), acc[1]);
+    }
+    int64_t i = head;
+    for (; i + 64 <= n; i += 64) {
+        prefetch_weights(a + i, 128);
 #pragma GCC unroll 8
         for (int k = 0; k < 4; k++)
             acc[k] = _mm512_fmadd_ps(bf16x16_to_ps(a + i + 16 * k, 0xFFFF), _mm512_loadu_ps(x + i + 16 * k),
                                      acc[k]);
+    }
     for (; i < n; i += 16) {
         const __mmask16 m = tail_mask16(n - i);
         acc[0] = _mm512_fmadd_ps(bf16x16_to_ps(a + i, m), _mm512_maskz_loadu_ps(m, x + i), acc[0]);
@@ -195,6 +237,7 @@ void spud_vec_dot_q8_0_q8_0_avx512(int64_t n, float *s, const void *w, const voi
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= nb; i += 16) {
+        prefetch_weights(&a[i], 16 * sizeof(block_q8_0));
         const __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(d16_stride34(&a[i])), _mm512_cvtph_ps(d16_stride34(&b[i])));
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k += 2) {
@@ -269,6 +312,7 @@ void spud_vec_dot_q4_0_q8_0_avx512(int64_t n, float *s, const void *w, const voi
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= nb; i += 16) {
+        prefetch_weights(&a[i], 16 * sizeof(block_q4_0));
         const __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(d16_stride18(&a[i])), _mm512_cvtph_ps(d16_stride34(&b[i])));
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k += 2) {
@@ -425,6 +469,7 @@ void spud_vec_dot_q4_K_q8_K_avx512(int64_t n, float *s, const void *w, const voi
     __m512 accd = _mm512_setzero_ps();
     __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; i++) {
+        prefetch_weights(&a[i], sizeof(block_q4_K));
         const __m128i scm = q4_K_scales_vec(a[i].scales);
         const __m512i scb = _mm512_broadcast_i32x4(scm);
         __m512i acc = _mm512_setzero_si512();
@@ -506,6 +551,7 @@ void spud_vec_dot_q6_K_q8_K_avx512(int64_t n, float *s, const void *w, const voi
     const block_q8_K *b = xv;
     float sum = 0;
     for (int64_t i = 0; i < n / QK_K; i++) {
+        prefetch_weights(&a[i], sizeof(block_q6_K));
         const __m256i sc16 = _mm256_cvtepi8_epi16(LOADU128(a[i].scales));
         const __m512i sc512 = _mm512_castsi256_si512(sc16); /* vpermw reads lanes 0-15 only */
         __m512i acc = _mm512_setzero_si512();

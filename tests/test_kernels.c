@@ -931,8 +931,10 @@ static void check_dot(spud_type t, int64_t n, int pat, uint64_t seed, bool rando
     const spud_type_info *ti = spud_type_get(t);
     const spud_type vt = ti->vec_dot_type;
     const spud_type_info *vi = spud_type_get(vt);
-    buf w = buf_new(spud_row_size(t, n), misalign(t));
-    buf xq = buf_new(spud_row_size(vt, n), misalign(vt));
+    /* vary the misalignment so every 64-byte phase of the weights is seen */
+    const size_t phase = 1 + (size_t)((seed * 7 + (uint64_t)n + (random_bytes ? 13 : 0)) % 32);
+    buf w = buf_new(spud_row_size(t, n), misalign(t) * phase);
+    buf xq = buf_new(spud_row_size(vt, n), misalign(vt) * (33 - phase));
     float *wf = malloc(n * sizeof(float));
     double *dw = malloc(n * sizeof(double)), *mw = malloc(n * sizeof(double)), *dx = malloc(n * sizeof(double));
     if (random_bytes) {

@@ -1,13 +1,14 @@
 /* kernels_avx2.c: AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma
  * -mf16c; called only when spud_cpu_has(SPUD_ISA_AVX2)).
  *
- * Integer dots: signed int8 products go through maddubs (u8 x s8 -> s16
- * pairs) with |w| as the unsigned side and the activation sign-flipped to
- * match; no pair can saturate because activations are never -128. The k-quant
- * dots keep the exact integer sum per super-block and then do the reference's
- * float steps, so they are bit-identical to it; the q4_0/q8_0/float dots sum
- * in vector lanes and differ from the reference by summation order only.
- * Quantizers and dequantizers are bit-identical to the references.
+ * Integer dots: int8 products go through maddubs (u8 x s8 -> s16 pairs):
+ * q4_0 feeds its unsigned nibbles and subtracts 8 * Σ activation, q8_0 uses
+ * |w| against the sign-flipped activation. No pair can saturate because
+ * activations are never -128. Integer sums are exact per block; the q6_K dot
+ * then does the reference's float steps and is bit-identical to it, the
+ * q4_0/q8_0/q4_K/float dots scale and sum in float lanes and differ from the
+ * reference by summation order only. Quantizers and dequantizers are
+ * bit-identical to the references.
  *
  * Block data is only 2-byte aligned inside rows, so every load is unaligned.
  */

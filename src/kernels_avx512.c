@@ -4,12 +4,14 @@
  * Integer dots use VNNI: vpdpbusd (u8 x s8, 4 products per 32-bit lane, no
  * saturation) for q8_0/q4_0, and maddubs followed by vpdpwssd (s16 x s16
  * pairs into 32-bit lanes) to apply the per-group scales of q4_K/q6_K without
- * leaving the integer domain. The q4_0/q8_0 dots take the 16 block scales of
- * 16 blocks at once with two gathers and one fp16 conversion.
+ * leaving the integer domain. The q4_0/q8_0 dots take the fp16 scales of 16
+ * blocks at once (vpermt2w out of 128-byte windows, one fp16 conversion).
+ * Weights are prefetched well ahead: that is what brings the dots close to
+ * the memory bandwidth of one core.
  *
- * Same numerical contract as kernels_avx2.c: the k-quant dots, quantizers and
- * dequantizers are bit-identical to the references; q4_0/q8_0/float dots
- * differ by float summation order only.
+ * Same numerical contract as kernels_avx2.c: the q6_K dot, quantizers and
+ * dequantizers are bit-identical to the references; the q4_0/q8_0/q4_K/float
+ * dots differ by float summation order only.
  *
  * AVX512_BF16 (vdpbf16ps) is deliberately not used for the bf16 dot: it would
  * round the f32 activations to bf16 and flush denormals. Widening bf16 to f32

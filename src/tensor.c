@@ -789,47 +789,39 @@ bool spud_cpu_has(spud_isa isa) {
 static _Atomic(spud_dot_f32_fn) dot_f32_fn = spud_dot_f32_ref;
 static _Atomic(spud_axpy_f32_fn) axpy_f32_fn = spud_axpy_f32_ref;
 
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static bool init_force_scalar;
-static const char *init_isa = "scalar";
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static const char *init_isa; /* NULL until the first call; guarded by init_lock */
 
-static void kernels_init_once(void) {
-    const char *env = getenv("SPUD_SCALAR");
-    bool scalar = init_force_scalar || (env && env[0] && strcmp(env, "0") != 0);
-    spud_isa isa = SPUD_ISA_SCALAR;
-    if (!scalar) {
-        if (spud_cpu_has(SPUD_ISA_AVX512)) isa = SPUD_ISA_AVX512;
-        else if (spud_cpu_has(SPUD_ISA_AVX2)) isa = SPUD_ISA_AVX2;
-    }
-    const spud_kernel_set *ks = spud_kernel_set_get(isa);
-    for (int t = 0; t < SPUD_TYPE_COUNT; t++) {
-        spud_type_info *ti = &type_table[t];
-        if (!ti->name) continue;
-        if (ks->vec_dot[t]) ti->vec_dot = ks->vec_dot[t];
-        if (ks->to_float[t]) ti->to_float = ks->to_float[t];
-        if (ks->from_float[t]) ti->from_float = ks->from_float[t];
-    }
-    atomic_store_explicit(&dot_f32_fn, ks->dot_f32 ? ks->dot_f32 : spud_dot_f32_ref,
-                          memory_order_relaxed);
-    atomic_store_explicit(&axpy_f32_fn, ks->axpy_f32 ? ks->axpy_f32 : spud_axpy_f32_ref,
-                          memory_order_relaxed);
-    init_isa = ks->name;
-    spud_log(SPUD_LOG_DEBUG, "kernels: %s", init_isa);
-}
-
-/* The first call decides (later calls return the same name, whatever their
- * argument); pthread_once makes concurrent first calls safe. */
+/* The first call decides; later calls (whatever their argument) return the
+ * same name. Safe to call from several threads at once, but the table is
+ * written in place: make the first call before other threads use kernels. */
 const char *spud_kernels_init(bool force_scalar) {
-    static pthread_mutex_t arg_lock = PTHREAD_MUTEX_INITIALIZER;
-    pthread_mutex_lock(&arg_lock);
-    static bool arg_set;
-    if (!arg_set) {
-        init_force_scalar = force_scalar;
-        arg_set = true;
+    pthread_mutex_lock(&init_lock);
+    if (!init_isa) {
+        const char *env = getenv("SPUD_SCALAR");
+        const bool scalar = force_scalar || (env && env[0] && strcmp(env, "0") != 0);
+        spud_isa isa = SPUD_ISA_SCALAR;
+        if (!scalar) {
+            if (spud_cpu_has(SPUD_ISA_AVX512)) isa = SPUD_ISA_AVX512;
+            else if (spud_cpu_has(SPUD_ISA_AVX2)) isa = SPUD_ISA_AVX2;
+        }
+        const spud_kernel_set *ks = spud_kernel_set_get(isa);
+        for (int t = 0; t < SPUD_TYPE_COUNT; t++) {
+            spud_type_info *ti = &type_table[t];
+            if (!ti->name) continue;
+            if (ks->vec_dot[t]) ti->vec_dot = ks->vec_dot[t];
+            if (ks->to_float[t]) ti->to_float = ks->to_float[t];
+            if (ks->from_float[t]) ti->from_float = ks->from_float[t];
+        }
+        atomic_store_explicit(&dot_f32_fn, ks->dot_f32 ? ks->dot_f32 : spud_dot_f32_ref, memory_order_relaxed);
+        atomic_store_explicit(&axpy_f32_fn, ks->axpy_f32 ? ks->axpy_f32 : spud_axpy_f32_ref,
+                              memory_order_relaxed);
+        init_isa = ks->name;
+        spud_log(SPUD_LOG_DEBUG, "kernels: %s", init_isa);
     }
-    pthread_mutex_unlock(&arg_lock);
-    pthread_once(&init_once, kernels_init_once);
-    return init_isa;
+    const char *isa = init_isa;
+    pthread_mutex_unlock(&init_lock);
+    return isa;
 }
 
 float spud_dot_f32(const float *a, const float *b, int64_t n) {

@@ -130,7 +130,11 @@ def main():
             dl = maxabs(lg, case["logits_llamacpp"])
             dr = maxabs(lg, case["logits_reference_f64"])
             worst_l, worst_r = max(worst_l, dl), max(worst_r, dr)
-            if not (dl <= tol and dr <= tol):
+            # spud keeps activations in f32 for float weights, so against the float64
+            # reference it must be as close as the f32 files are, not just within the
+            # llama.cpp tolerance (which allows for llama.cpp's f16/bf16 activation rounding).
+            tol_r = 1e-4 if ftype in ("f16", "bf16") else tol
+            if not (dl <= tol and dr <= tol_r):
                 i = max(range(len(lg)), key=lambda j: max(abs(lg[j] - case["logits_llamacpp"][j]),
                                                           abs(lg[j] - case["logits_reference_f64"][j])))
                 failures.append("%s: logits off: max diff vs llama.cpp %.3g, vs f64 %.3g > tol %g "

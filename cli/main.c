@@ -10,6 +10,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"run", cmd_run, "generate text from a prompt"},
+    {"serve", cmd_serve, "serve the model over an OpenAI-compatible HTTP API"},
     {"info", cmd_info, "describe a GGUF model file"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"logits", cmd_logits, "print the last position's logits for a prompt (JSON)"},

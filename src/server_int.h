@@ -1,0 +1,221 @@
+/* server_int.h: what the server's files share (not part of any public API).
+ *
+ *   server.c            HTTP plumbing: daemon, routing, auth, limits, SSE, shutdown
+ *   server_json.c       request validation helpers, OpenAI error JSON, ids, UTF-8
+ *   server_metrics.c    Prometheus counters and histograms
+ *   server_oai.c        chat / completions: parameters, prompt, output JSON
+ *   server_responses.c  the Responses API and its conversation store
+ */
+#ifndef SPUD_SERVER_INT_H
+#define SPUD_SERVER_INT_H
+
+#include <json-c/json.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "model.h"
+#include "server.h"
+
+enum { SRV_LOADING = 0, SRV_READY, SRV_DRAINING };
+
+typedef enum {
+    ROUTE_HEALTH = 0,
+    ROUTE_METRICS,
+    ROUTE_MODELS,
+    ROUTE_CHAT,
+    ROUTE_COMPLETIONS,
+    ROUTE_RESPONSES,
+    ROUTE_APPLY_TEMPLATE,
+    ROUTE_OTHER,
+    ROUTE_N,
+} srv_route;
+
+typedef enum { API_CHAT = 0, API_COMPLETION, API_RESPONSES } srv_api;
+
+/* An error answer: the HTTP status and OpenAI's error object. */
+typedef struct {
+    int status;
+    const char *type; /* "invalid_request_error", "server_error", ... */
+    const char *code; /* machine-readable code, or NULL */
+    char param[128];  /* the offending field, "" for none */
+    char message[512];
+} srv_error;
+
+/* ---- server_metrics.c ---- */
+
+#define SRV_HIST_BUCKETS 14
+typedef struct {
+    double le[SRV_HIST_BUCKETS]; /* upper bounds; the last is +Inf */
+    uint64_t count[SRV_HIST_BUCKETS];
+    double sum;
+    uint64_t n;
+} srv_hist;
+
+typedef struct {
+    pthread_mutex_t mu;
+    uint64_t requests[ROUTE_N][600]; /* by route and HTTP status */
+    srv_hist ttft;                   /* seconds from arrival to first token */
+    srv_hist tps;                    /* generated tokens per second, per request */
+    uint64_t cancelled;              /* generations stopped because the client left */
+} srv_metrics;
+
+void srv_metrics_init(srv_metrics *m);
+void srv_metrics_free(srv_metrics *m);
+void srv_metrics_request(srv_metrics *m, srv_route route, int status);
+void srv_metrics_generation(srv_metrics *m, double ttft, double tps, bool client_left);
+/* Prometheus text for everything (engine stats included when e is set); NUL-terminated. */
+char *srv_metrics_render(srv_metrics *m, spud_engine *e, size_t *len);
+const char *srv_route_name(srv_route r);
+
+/* ---- server_responses.c: stored conversations ---- */
+
+typedef struct srv_store_entry srv_store_entry;
+typedef struct {
+    pthread_mutex_t mu;
+    srv_store_entry *head, *tail; /* least recently used first */
+    size_t bytes, max_bytes, n;
+} srv_store;
+
+void srv_store_init(srv_store *st, size_t max_bytes);
+void srv_store_free(srv_store *st);
+
+/* ---- the server ---- */
+
+struct spud_server {
+    spud_server_params p;
+    char *host, *model_id;
+    char **keys;
+    size_t *key_len;
+    struct MHD_Daemon *daemon;
+    uint16_t port;
+    atomic_int state;
+    const spud_model *model;
+    spud_engine *engine;
+    uint32_t n_ctx;
+    int32_t n_parallel;
+    int64_t created;
+    char *chat_template; /* the model's tokenizer.chat_template, or NULL */
+    void *tmpl;          /* parsed template (chat engine), or NULL */
+
+    pthread_mutex_t mu; /* in_flight */
+    pthread_cond_t cv;
+    int in_flight;      /* generations not yet answered */
+
+    srv_metrics metrics;
+    srv_store store;
+};
+
+/* ---- one generation, streamed or not ---- */
+
+typedef struct {
+    char *text; /* everything generated (NUL-terminated) */
+    size_t len, cap;
+    json_object *lp; /* accumulated logprobs (API-specific shape), or NULL */
+    spud_finish finish;
+    int32_t n_gen;
+    bool role_sent;
+    bool end_sent;
+} srv_choice;
+
+typedef struct srv_gen {
+    spud_server *s;
+    srv_api api;
+    srv_route route;
+    spud_engine_req *req;
+    int32_t n_choices;
+    srv_choice *ch;
+    bool stream, include_usage, logprobs;
+    int32_t top_logprobs;
+    char id[48];      /* chatcmpl-..., cmpl-..., resp_... */
+    char item_id[48]; /* responses: the output message's id */
+    int64_t created;
+    uint32_t n_prompt, n_cached;
+    double t_arrival;
+    char *echo;       /* completions echo: the prompt text */
+
+    /* responses */
+    json_object *resp;    /* the response object being built (fields echoed from the request) */
+    json_object *conv;    /* the conversation to store (messages, without instructions) */
+    bool store;
+    int64_t seq_no;
+
+    /* output waiting to be written to the socket (streams) */
+    char *out;
+    size_t out_len, out_pos, out_cap;
+    spud_engine_delta d;
+    int sock;
+    bool sock_watch;
+    bool started, done, client_left;
+} srv_gen;
+
+srv_gen *srv_gen_new(spud_server *s, srv_api api, srv_route route, int32_t n_choices);
+void srv_gen_free(srv_gen *g);
+/* Queue the engine request (429 when the queue is full). */
+bool srv_gen_submit(srv_gen *g, const spud_engine_req_params *p, srv_error *err);
+/* Append bytes / one SSE event to the stream's output. */
+void srv_out(srv_gen *g, const char *s, size_t n);
+void srv_out_event(srv_gen *g, const char *event, json_object *data); /* consumes data */
+
+/* ---- server_json.c ---- */
+
+bool srv_fail(srv_error *e, int status, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+json_object *srv_error_json(const srv_error *e);
+/* Optional typed fields: absent or null leaves *out untouched and succeeds;
+ * a wrong type or a value out of [lo, hi] is a 400 naming the field. */
+bool srv_opt_number(json_object *o, const char *key, double lo, double hi, double *out, srv_error *e);
+bool srv_opt_int(json_object *o, const char *key, int64_t lo, int64_t hi, int64_t *out, srv_error *e);
+bool srv_opt_bool(json_object *o, const char *key, bool *out, srv_error *e);
+bool srv_opt_string(json_object *o, const char *key, const char **out, srv_error *e);
+/* The field if present, non-null and of type t (else NULL; *bad on wrong type). */
+json_object *srv_opt_typed(json_object *o, const char *key, json_type t, const char *what, srv_error *e,
+                           bool *bad);
+/* Stop strings: a string or an array of strings. */
+bool srv_parse_stop(json_object *o, const char *key, const char **stop, size_t *n_stop, srv_error *e);
+bool srv_parse_logit_bias(json_object *o, int32_t n_vocab, spud_logit_bias **bias, size_t *n, srv_error *e);
+/* Sampling fields shared by chat, completions and responses. */
+bool srv_parse_sampling(json_object *body, spud_sampler_params *sp, srv_error *e);
+void srv_random_id(char *out, size_t cap, const char *prefix);
+uint64_t srv_random_u64(void);
+/* A copy of bytes as valid UTF-8 (invalid sequences become U+FFFD). */
+json_object *srv_json_string_lossy(const char *s, size_t n);
+const char *srv_json_text(json_object *o, size_t *len); /* serialised, plain */
+const char *srv_finish_name(spud_finish f);
+
+/* ---- server_oai.c ---- */
+
+/* Render OpenAI chat messages (validated) into prompt text with the model's
+ * chat template (ChatML when it has none). */
+bool srv_render_chat(spud_server *s, json_object *messages, json_object *tools, bool add_generation_prompt,
+                     char **out, size_t *out_len, srv_error *e);
+/* Validate a chat "messages" array (param names the field in errors). */
+bool srv_check_messages(json_object *messages, const char *param, srv_error *e);
+/* Tokenize a rendered prompt (special tokens parsed, one BOS at most) and
+ * check it fits the context; param names the field for the 400. */
+bool srv_tokenize_prompt(spud_server *s, const char *text, size_t len, const char *param, int32_t **ids,
+                         size_t *n_ids, srv_error *e);
+json_object *srv_usage_json(const srv_gen *g, bool responses);
+/* Per API: build the request, stream events, final JSON. */
+bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **g, srv_error *e);
+bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **g, srv_error *e);
+bool srv_apply_template(spud_server *s, json_object *body, json_object **out, srv_error *e);
+void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d);
+void srv_oai_stream_end(srv_gen *g);
+json_object *srv_oai_final(srv_gen *g);
+/* Log-probability entries in chat / completions shape. */
+void srv_logprobs_append(srv_gen *g, json_object *dst, const spud_logprob *lp, size_t n, size_t text_offset);
+
+/* ---- server_responses.c ---- */
+
+bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **g, srv_error *e);
+void srv_responses_stream_start(srv_gen *g);
+void srv_responses_stream_delta(srv_gen *g, const spud_engine_delta *d);
+void srv_responses_stream_end(srv_gen *g);
+json_object *srv_responses_final(srv_gen *g);
+/* Store the finished conversation when asked (called once the generation ends). */
+void srv_responses_store(srv_gen *g);
+/* GET /v1/responses/ID: a copy of the stored response, or NULL. */
+json_object *srv_responses_get(spud_server *s, const char *id);
+
+#endif

@@ -1,0 +1,118 @@
+/* chat.c: chat templates from GGUF metadata, rendered with jinja.c. */
+#include "chat.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct spud_chat_template {
+    spud_jinja_template *tpl;
+    char *bos, *eos;
+    bool is_default;
+};
+
+/* llama.cpp's and Hugging Face's ChatML */
+const char spud_chat_template_chatml[] =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' "
+    "}}{% endif %}";
+
+spud_status spud_chat_template_new(const char *src, size_t len, const char *bos_token,
+                                   const char *eos_token, spud_chat_template **out) {
+    *out = NULL;
+    spud_chat_template *t = spud_calloc(1, sizeof *t);
+    if (!t) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    if (!src) {
+        src = spud_chat_template_chatml;
+        len = strlen(src);
+        t->is_default = true;
+    }
+    t->bos = spud_strndup(bos_token ? bos_token : "", bos_token ? strlen(bos_token) : 0);
+    t->eos = spud_strndup(eos_token ? eos_token : "", eos_token ? strlen(eos_token) : 0);
+    if (!t->bos || !t->eos) {
+        spud_chat_template_free(t);
+        return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    }
+    spud_status st = spud_jinja_parse(src, len, &t->tpl);
+    if (st) {
+        spud_chat_template_free(t);
+        return spud_error_wrap(st, "chat template");
+    }
+    *out = t;
+    return SPUD_OK;
+}
+
+/* The text of token `key`'s id, or "" if the model has none. */
+static char *token_text(const spud_gguf *g, const char *key) {
+    uint32_t id;
+    const spud_gguf_kv *toks;
+    if (spud_gguf_get_u32(g, key, &id) == SPUD_OK &&
+        spud_gguf_get_arr(g, "tokenizer.ggml.tokens", SPUD_GGUF_STRING, &toks) == SPUD_OK &&
+        id < toks->arr_n)
+        return spud_strndup(toks->arr_strs[id].ptr, toks->arr_strs[id].len);
+    return spud_strndup("", 0);
+}
+
+spud_status spud_chat_template_from_gguf(const spud_gguf *g, spud_chat_template **out) {
+    spud_str src = {0};
+    bool has = spud_gguf_get_str(g, "tokenizer.chat_template", &src) == SPUD_OK;
+    char *bos = token_text(g, "tokenizer.ggml.bos_token_id");
+    char *eos = token_text(g, "tokenizer.ggml.eos_token_id");
+    spud_status st;
+    if (!bos || !eos) {
+        st = spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    } else {
+        st = spud_chat_template_new(has ? src.ptr : NULL, has ? src.len : 0, bos, eos, out);
+    }
+    spud_free(bos);
+    spud_free(eos);
+    return st;
+}
+
+void spud_chat_template_free(spud_chat_template *t) {
+    if (!t) return;
+    spud_jinja_free(t->tpl);
+    spud_free(t->bos);
+    spud_free(t->eos);
+    spud_free(t);
+}
+
+bool spud_chat_template_is_default(const spud_chat_template *t) { return t->is_default; }
+const char *spud_chat_template_bos(const spud_chat_template *t) { return t->bos; }
+const char *spud_chat_template_eos(const spud_chat_template *t) { return t->eos; }
+
+spud_status spud_chat_render_ex(const spud_chat_template *t, json_object *messages,
+                                json_object *tools, bool add_generation_prompt,
+                                const spud_jinja_opts *opts, char **out, size_t *out_len) {
+    *out = NULL;
+    if (!messages || json_object_get_type(messages) != json_type_array)
+        return spud_errorf(SPUD_ERR_INVALID, "messages must be a JSON array");
+    json_object *vars = json_object_new_object();
+    if (!vars) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    json_object_object_add(vars, "messages", json_object_get(messages));
+    if (tools) json_object_object_add(vars, "tools", json_object_get(tools));
+    json_object_object_add(vars, "add_generation_prompt", json_object_new_boolean(add_generation_prompt));
+    json_object_object_add(vars, "bos_token", json_object_new_string(t->bos));
+    json_object_object_add(vars, "eos_token", json_object_new_string(t->eos));
+    spud_jinja_opts o = opts ? *opts : (spud_jinja_opts){0};
+    const char *sde = getenv("SOURCE_DATE_EPOCH");
+    if (sde && *sde && !o.now_set) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(sde, &end, 10);
+        if (errno || *end) {
+            json_object_put(vars);
+            return spud_errorf(SPUD_ERR_INVALID, "SOURCE_DATE_EPOCH is not an integer: '%s'", sde);
+        }
+        o.now = v;
+        o.now_set = true;
+    }
+    spud_status st = spud_jinja_render(t->tpl, vars, &o, out, out_len);
+    json_object_put(vars);
+    return st;
+}
+
+spud_status spud_chat_render(const spud_chat_template *t, json_object *messages,
+                             json_object *tools, bool add_generation_prompt, char **out) {
+    return spud_chat_render_ex(t, messages, tools, add_generation_prompt, NULL, out, NULL);
+}

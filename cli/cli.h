@@ -11,6 +11,8 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_gen_model(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_template(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 
 /* Helpers shared by the subcommands (cli/args.c). */
 /* Parse a whole decimal integer / float; print "spud CMD: bad value for FLAG: TEXT" and return false on error. */

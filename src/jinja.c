@@ -525,7 +525,7 @@ static jlist *list_new(R *r, size_t n) {
     return l;
 }
 
-static value v_list(jlist *l, bool tuple) { return (value){.t = T_LIST, .flag = tuple, .u.l = l}; }
+static value v_list(jlist *l, int flag) { return (value){.t = T_LIST, .flag = (uint8_t)flag, .u.l = l}; }
 
 /* ------------------------------------------------------------------ Python formatting */
 
@@ -689,13 +689,19 @@ static bool repr_value(R *r, buf *b, value v, int depth) {
     case T_UNDEF: return buf_puts(r, b, "Undefined");
     case T_STR: return repr_str(r, b, v.u.s);
     case T_LIST: {
-        if (!buf_putc(r, b, v.flag ? '(' : '[')) return false;
+        /* flags: 0 list, 1 tuple, 2 generator, 3-5 dict_items / dict_keys / dict_values */
+        static const char *const view[] = {"", "", "", "dict_items(", "dict_keys(", "dict_values("};
+        if (v.flag == 2) return buf_puts(r, b, "<generator object>");
+        bool tuple = v.flag == 1;
+        if (v.flag > 2 && !buf_puts(r, b, view[v.flag])) return false;
+        if (!buf_putc(r, b, tuple ? '(' : '[')) return false;
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i && !buf_puts(r, b, ", ")) return false;
             if (!repr_value(r, b, v.u.l->v[i], depth + 1)) return false;
         }
-        if (v.flag && v.u.l->n == 1 && !buf_putc(r, b, ',')) return false;
-        return buf_putc(r, b, v.flag ? ')' : ']');
+        if (tuple && v.u.l->n == 1 && !buf_putc(r, b, ',')) return false;
+        if (!buf_putc(r, b, tuple ? ')' : ']')) return false;
+        return v.flag <= 2 || buf_putc(r, b, ')');
     }
     case T_DICT:
     case T_NS: {
@@ -837,6 +843,9 @@ static bool json_value(R *r, buf *b, value v, const json_fmt *jf, int level) {
     case T_STR: return json_str(r, b, v.u.s->s, v.u.s->len, jf->ascii);
     case T_LIST: {
         const jlist *l = v.u.l;
+        if (v.flag > 1) /* a generator or a dict view */
+            return FAIL(r, "Object of type %s is not JSON serializable",
+                        v.flag == 2 ? "generator" : v.flag == 3 ? "dict_items" : v.flag == 4 ? "dict_keys" : "dict_values");
         if (l->n == 0) return buf_puts(r, b, "[]");
         if (!buf_putc(r, b, '[')) return false;
         for (size_t i = 0; i < l->n; i++) {
@@ -3467,13 +3476,9 @@ static int exec_for(R *r, const node *x) {
         n = k;
     }
     int depth = 1;
-    for (frame *f = outer; f; f = f->parent)
-        for (uint32_t i = 0; i < f->n; i++)
-            if (str_eq(f->names[i], loop_name) && f->vals[i].t == T_LOOP) {
-                depth = f->vals[i].u.loop->depth + 1;
-                f = NULL;
-                break;
-            }
+    value outer_loop;
+    if (!lookup(r, loop_name, &outer_loop)) return FLOW_ERR;
+    if (outer_loop.t == T_LOOP) depth = outer_loop.u.loop->depth + 1;
     jloop *lp = ralloc(r, sizeof *lp);
     if (!lp) return FLOW_ERR;
     lp->items = items;
@@ -4745,9 +4750,9 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
 }
 
 static bool filter_map(R *r, value seq, args_t *a, value *out) {
-    const value *items;
-    size_t n;
-    if (!iterate(r, seq, &items, &n)) return false;
+    const value *items = NULL;
+    size_t n = 0;
+    if (truthy(seq) && !iterate(r, seq, &items, &n)) return false; /* `if value:` in jinja2 */
     value *res = n ? ralloc(r, n * sizeof *res) : NULL;
     if (n && !res) return false;
     value attr = {.t = MISSING}, def = {.t = MISSING};
@@ -4780,9 +4785,9 @@ static bool filter_map(R *r, value seq, args_t *a, value *out) {
 }
 
 static bool select_items(R *r, value seq, args_t *a, bool by_attr, bool keep, value *out) {
-    const value *items;
-    size_t n;
-    if (!iterate(r, seq, &items, &n)) return false;
+    const value *items = NULL;
+    size_t n = 0;
+    if (truthy(seq) && !iterate(r, seq, &items, &n)) return false; /* `if value:` in jinja2 */
     if (a->nkw) return FAIL(r, "select/reject filters take no keyword arguments");
     size_t first = 0;
     value attr = V_UNDEF;

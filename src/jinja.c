@@ -3475,10 +3475,7 @@ static int exec_for(R *r, const node *x) {
         items = kept;
         n = k;
     }
-    int depth = 1;
-    value outer_loop;
-    if (!lookup(r, loop_name, &outer_loop)) return FLOW_ERR;
-    if (outer_loop.t == T_LOOP) depth = outer_loop.u.loop->depth + 1;
+    int depth = 1; /* deeper only in recursive loops, which spud does not support */
     jloop *lp = ralloc(r, sizeof *lp);
     if (!lp) return FLOW_ERR;
     lp->items = items;
@@ -3718,21 +3715,42 @@ static bool str_case(R *r, const jstr *s, int mode, value *out) {
     for (size_t i = 0; i < s->len;) {
         int32_t c, o;
         int k = u8_dec(s->s + i, s->len - i, &c);
+        bool lowering, uppering;
         switch (mode) {
-        case CASE_UPPER: o = utf8proc_toupper(c); break;
-        case CASE_LOWER: o = utf8proc_tolower(c); break;
-        case CASE_TITLE: o = prev_cased ? utf8proc_tolower(c) : utf8proc_totitle(c); break;
-        case CASE_CAPITALIZE: o = first ? utf8proc_totitle(c) : utf8proc_tolower(c); break;
+        case CASE_UPPER: lowering = false, uppering = true; break;
+        case CASE_LOWER: lowering = true, uppering = false; break;
+        case CASE_TITLE: lowering = prev_cased, uppering = !prev_cased; break;
+        case CASE_CAPITALIZE: lowering = !first, uppering = first; break;
         default: {
             utf8proc_category_t cat = utf8proc_category(c);
-            o = cat == UTF8PROC_CATEGORY_LU ? utf8proc_tolower(c)
-                : cat == UTF8PROC_CATEGORY_LL ? utf8proc_toupper(c) : c;
+            lowering = cat == UTF8PROC_CATEGORY_LU;
+            uppering = cat == UTF8PROC_CATEGORY_LL;
         }
+        }
+        bool title = mode == CASE_TITLE || mode == CASE_CAPITALIZE;
+        o = lowering ? utf8proc_tolower(c) : uppering ? (title ? utf8proc_totitle(c) : utf8proc_toupper(c)) : c;
+        /* SpecialCasing.txt: the mappings to several characters that Python applies */
+        const char *full = NULL;
+        if (uppering) {
+            switch (c) {
+            case 0xDF: full = title ? "Ss" : "SS"; break;
+            case 0xFB00: full = title ? "Ff" : "FF"; break;
+            case 0xFB01: full = title ? "Fi" : "FI"; break;
+            case 0xFB02: full = title ? "Fl" : "FL"; break;
+            case 0xFB03: full = title ? "Ffi" : "FFI"; break;
+            case 0xFB04: full = title ? "Ffl" : "FFL"; break;
+            case 0xFB05:
+            case 0xFB06: full = title ? "St" : "ST"; break;
+            case 0x149: full = "\xCA\xBCN"; break;
+            default: break;
+            }
+        } else if (lowering && c == 0x130) {
+            full = "i\xCC\x87";
         }
         prev_cased = is_cased(c);
         first = false;
         char enc[4];
-        if (!buf_put(r, &b, enc, (size_t)u8_enc(o, enc))) {
+        if (!(full ? buf_puts(r, &b, full) : buf_put(r, &b, enc, (size_t)u8_enc(o, enc)))) {
             buf_free(&b);
             return false;
         }
@@ -4297,6 +4315,11 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
         BIND("attr", "name");
         if (!given(s[0])) return FAIL(r, "attr() missing argument 'name'");
         if (s[0].t != T_STR) return FAIL(r, "attribute name must be string");
+        /* Python getattr only: methods, namespace and loop attributes, never dict items */
+        if (v.t == T_DICT && method_of(v, s[0].u.s) == 0) {
+            *out = undef_attr(v, s[0].u.s);
+            return true;
+        }
         return get_attr(r, v, s[0].u.s, out);
     case F_CAPITALIZE:
     case F_LOWER:

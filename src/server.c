@@ -367,6 +367,8 @@ static srv_route route_of(const char *url) {
         {"/v1/completions", ROUTE_COMPLETIONS},
         {"/v1/responses", ROUTE_RESPONSES},
         {"/apply-template", ROUTE_APPLY_TEMPLATE},
+        {"/tokenize", ROUTE_TOKENIZE},
+        {"/detokenize", ROUTE_DETOKENIZE},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (!strcmp(url, routes[i].path)) return routes[i].route;
@@ -502,9 +504,11 @@ static enum MHD_Result dispatch(struct MHD_Connection *c, spud_server *s, srv_co
     if (!body) return send_error(c, s, route, &e);
     srv_gen *g = NULL;
     bool ok;
-    if (route == ROUTE_APPLY_TEMPLATE) {
-        json_object *out;
-        ok = srv_apply_template(s, body, &out, &e);
+    if (route == ROUTE_APPLY_TEMPLATE || route == ROUTE_TOKENIZE || route == ROUTE_DETOKENIZE) {
+        json_object *out = NULL;
+        ok = route == ROUTE_APPLY_TEMPLATE ? srv_apply_template(s, body, &out, &e)
+             : route == ROUTE_TOKENIZE     ? srv_tokenize_route(s, body, &out, &e)
+                                           : srv_detokenize_route(s, body, &out, &e);
         json_object_put(body);
         return ok ? send_json(c, s, route, 200, out) : send_error(c, s, route, &e);
     }
@@ -637,7 +641,7 @@ spud_status spud_server_start(const spud_server_params *p, spud_server **out) {
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->p.max_connections,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
                                  MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->daemon) {

@@ -27,6 +27,8 @@ typedef enum {
     ROUTE_COMPLETIONS,
     ROUTE_RESPONSES,
     ROUTE_APPLY_TEMPLATE,
+    ROUTE_TOKENIZE,
+    ROUTE_DETOKENIZE,
     ROUTE_OTHER,
     ROUTE_N,
 } srv_route;
@@ -191,15 +193,22 @@ bool srv_render_chat(spud_server *s, json_object *messages, json_object *tools, 
                      char **out, size_t *out_len, srv_error *e);
 /* Validate a chat "messages" array (param names the field in errors). */
 bool srv_check_messages(json_object *messages, const char *param, srv_error *e);
-/* Tokenize a rendered prompt (special tokens parsed, one BOS at most) and
- * check it fits the context; param names the field for the 400. */
-bool srv_tokenize_prompt(spud_server *s, const char *text, size_t len, const char *param, int32_t **ids,
-                         size_t *n_ids, srv_error *e);
+/* Tokenize a prompt (special tokens parsed; BOS/EOS added when add_special
+ * and the vocabulary asks, at most one BOS) and check it fits the context;
+ * param names the field for the 400. Chat prompts pass add_special false:
+ * the template writes whatever BOS the model wants, as Hugging Face's
+ * apply_chat_template expects. */
+bool srv_tokenize_prompt(spud_server *s, const char *text, size_t len, bool add_special, const char *param,
+                         int32_t **ids, size_t *n_ids, srv_error *e);
 json_object *srv_usage_json(const srv_gen *g, bool responses);
 /* Per API: build the request, stream events, final JSON. */
 bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **g, srv_error *e);
 bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **g, srv_error *e);
 bool srv_apply_template(spud_server *s, json_object *body, json_object **out, srv_error *e);
+/* POST /tokenize {"content", "add_special", "parse_special"} -> {"tokens"};
+ * POST /detokenize {"tokens"} -> {"content"} (llama.cpp's shapes). */
+bool srv_tokenize_route(spud_server *s, json_object *body, json_object **out, srv_error *e);
+bool srv_detokenize_route(spud_server *s, json_object *body, json_object **out, srv_error *e);
 void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d);
 void srv_oai_stream_end(srv_gen *g);
 json_object *srv_oai_final(srv_gen *g);

@@ -21,6 +21,8 @@ static const char *route_names[ROUTE_N] = {
     [ROUTE_COMPLETIONS] = "/v1/completions",
     [ROUTE_RESPONSES] = "/v1/responses",
     [ROUTE_APPLY_TEMPLATE] = "/apply-template",
+    [ROUTE_TOKENIZE] = "/tokenize",
+    [ROUTE_DETOKENIZE] = "/detokenize",
     [ROUTE_OTHER] = "other",
 };
 

@@ -186,9 +186,9 @@ bool srv_render_chat(spud_server *s, json_object *messages, json_object *tools, 
     return true;
 }
 
-bool srv_tokenize_prompt(spud_server *s, const char *text, size_t len, const char *param, int32_t **ids,
-                         size_t *n_ids, srv_error *e) {
-    if (spud_tokenize(s->model, text, len, true, true, ids, n_ids))
+bool srv_tokenize_prompt(spud_server *s, const char *text, size_t len, bool add_special, const char *param,
+                         int32_t **ids, size_t *n_ids, srv_error *e) {
+    if (spud_tokenize(s->model, text, len, add_special, true, ids, n_ids))
         return srv_fail(e, 400, param, "cannot tokenize '%s': %s", param, spud_last_error());
     int32_t bos = spud_token_bos(s->model);
     if (*n_ids >= 2 && bos >= 0 && (*ids)[0] == bos && (*ids)[1] == bos) { /* the template wrote BOS too */
@@ -489,7 +489,7 @@ bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **out, srv_erro
     size_t len, n_ids;
     int32_t *ids;
     if (!srv_render_chat(s, messages, tools, true, &text, &len, e)) return false;
-    bool ok = srv_tokenize_prompt(s, text, len, "messages", &ids, &n_ids, e);
+    bool ok = srv_tokenize_prompt(s, text, len, false, "messages", &ids, &n_ids, e);
     spud_free(text);
     if (!ok) return false;
     p.prompt = ids;
@@ -524,7 +524,7 @@ bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, sr
     size_t n_ids = 0;
     if (json_object_is_type(prompt, json_type_string)) {
         if (!srv_tokenize_prompt(s, json_object_get_string(prompt), (size_t)json_object_get_string_len(prompt),
-                                 "prompt", &ids, &n_ids, e))
+                                 true, "prompt", &ids, &n_ids, e))
             return false;
         if (echo) g->echo = spud_strndup(json_object_get_string(prompt), (size_t)json_object_get_string_len(prompt));
     } else if (json_object_is_type(prompt, json_type_array)) {
@@ -590,5 +590,53 @@ bool srv_apply_template(spud_server *s, json_object *body, json_object **out, sr
     *out = json_object_new_object();
     json_object_object_add(*out, "prompt", json_object_new_string_len(text, (int)len));
     spud_free(text);
+    return true;
+}
+
+bool srv_tokenize_route(spud_server *s, json_object *body, json_object **out, srv_error *e) {
+    const char *content = NULL;
+    bool add_special = false, parse_special = true;
+    if (!srv_opt_string(body, "content", &content, e) || !srv_opt_bool(body, "add_special", &add_special, e) ||
+        !srv_opt_bool(body, "parse_special", &parse_special, e))
+        return false;
+    if (!content) return srv_fail(e, 400, "content", "'content' is required");
+    json_object *c = NULL;
+    json_object_object_get_ex(body, "content", &c);
+    int32_t *ids;
+    size_t n;
+    if (spud_tokenize(s->model, content, (size_t)json_object_get_string_len(c), add_special, parse_special, &ids, &n))
+        return srv_fail(e, 400, "content", "cannot tokenize 'content': %s", spud_last_error());
+    json_object *arr = json_object_new_array_ext((int)n);
+    for (size_t i = 0; i < n; i++) json_object_array_add(arr, json_object_new_int(ids[i]));
+    spud_free(ids);
+    *out = json_object_new_object();
+    json_object_object_add(*out, "tokens", arr);
+    return true;
+}
+
+bool srv_detokenize_route(spud_server *s, json_object *body, json_object **out, srv_error *e) {
+    bool bad;
+    json_object *toks = srv_opt_typed(body, "tokens", json_type_array, "an array of token ids", e, &bad);
+    if (bad) return false;
+    if (!toks) return srv_fail(e, 400, "tokens", "'tokens' is required");
+    tbuf b = {0};
+    for (size_t i = 0; i < json_object_array_length(toks); i++) {
+        json_object *t = json_object_array_get_idx(toks, i);
+        int64_t id = json_object_is_type(t, json_type_int) ? json_object_get_int64(t) : -1;
+        if (id < 0 || id >= spud_model_n_vocab(s->model)) {
+            spud_free(b.p);
+            return srv_fail(e, 400, "tokens", "'tokens[%zu]' is not a token id of this model", i);
+        }
+        char buf[256];
+        size_t l = spud_token_to_piece(s->model, (int32_t)id, false, buf, sizeof buf);
+        tb_add(&b, buf, l < sizeof buf ? l : sizeof buf);
+    }
+    if (b.oom) {
+        spud_free(b.p);
+        return srv_fail(e, 500, "", "out of memory");
+    }
+    *out = json_object_new_object();
+    json_object_object_add(*out, "content", srv_json_string_lossy(b.p ? b.p : "", b.n));
+    spud_free(b.p);
     return true;
 }

@@ -422,7 +422,7 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     bool ok = srv_check_messages(msgs, "input", e) && srv_render_chat(s, msgs, tools, true, &text, &len, e);
     json_object_put(msgs);
     if (!ok) return false;
-    ok = srv_tokenize_prompt(s, text, len, "input", &ids, &n_ids, e);
+    ok = srv_tokenize_prompt(s, text, len, false, "input", &ids, &n_ids, e);
     spud_free(text);
     if (!ok) return false;
 

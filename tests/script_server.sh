@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Live tests of `spud serve` on 127.0.0.1 with generated models, driven by the
+# official openai npm client (tests/server/*.test.mjs, node's test runner).
+#   server A: tiny f32 model, --parallel 8, --ctx-size 512, API keys, --max-body 200000
+#   server B: a slower model, --parallel 1, --max-queue 1, no keys (queue, disconnect, SIGTERM tests)
+# Each server must exit 0 after SIGTERM (under ASan that includes no leaks).
+set -euo pipefail
+: "${SPUD:?}" "${SRC:?}"
+command -v node >/dev/null || { echo "script_server: node is missing (scripts/install-deps.sh)"; exit 1; }
+[ -d "$SRC/node_modules/openai" ] || { echo "script_server: npm packages missing (scripts/install-deps.sh)"; exit 1; }
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+"$SPUD" gen-model --arch llama --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --type f32 --seed 1 \
+  -o "$tmp/tiny.gguf" >/dev/null 2>&1
+"$SPUD" gen-model --arch llama --dim 256 --layers 4 --heads 4 --kv-heads 2 --ffn 512 --type f32 --seed 2 \
+  -o "$tmp/slow.gguf" >/dev/null 2>&1
+printf '# keys for the test server\n\n  sk-from-file  \n' >"$tmp/keys"
+
+# start NAME ARGS...: start a server on a free port; sets URL_NAME and PID_NAME once /health says ready.
+start() {
+  local name=$1; shift
+  : >"$tmp/$name.log"
+  "$SPUD" serve --port 0 "$@" >"$tmp/$name.log" 2>&1 &
+  local pid=$! port=""
+  pids+=("$pid")
+  for _ in $(seq 1 300); do
+    port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/$name.log")
+    [ -n "$port" ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log"; echo "server $name died"; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$port" ] || { cat "$tmp/$name.log"; echo "server $name did not start"; exit 1; }
+  for _ in $(seq 1 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health")" = 200 ] && break
+    sleep 0.1
+  done
+  printf -v "URL_$name" 'http://127.0.0.1:%s' "$port"
+  printf -v "PID_$name" '%s' "$pid"
+}
+
+# stop NAME PID: SIGTERM, then the exit status must be 0.
+stop() {
+  local name=$1 pid=$2 rc=0
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" || rc=$?
+  if [ "$rc" != 0 ]; then
+    cat "$tmp/$name.log"
+    echo "server $name exited with status $rc"
+    exit 1
+  fi
+  grep -q "spud serve: stopped" "$tmp/$name.log" || { cat "$tmp/$name.log"; echo "server $name: no clean stop"; exit 1; }
+}
+
+start A -m "$tmp/tiny.gguf" --parallel 8 --ctx-size 512 --api-key sk-test-key --api-key-file "$tmp/keys" \
+  --max-body 200000 --max-queue 64 -t 2
+start B -m "$tmp/slow.gguf" --parallel 1 --max-queue 1 --ctx-size 4096 -t 2
+
+sanitized=0
+grep -q __asan_init "$SPUD" && sanitized=1
+export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
+  SPUD_KEY=sk-test-key SPUD_FILE_KEY=sk-from-file SPUD_SANITIZED=$sanitized
+
+cd "$SRC/tests/server"
+node --test --test-reporter=spec api.test.mjs
+node --test --test-reporter=spec load.test.mjs
+node --test --test-reporter=spec shutdown.test.mjs # sends SIGTERM to B itself
+stop B "$PID_B"
+stop A "$PID_A"
+echo "script_server: all passed"

@@ -668,10 +668,14 @@ spud_status spud_server_set_model(spud_server *s, const spud_model *m, const spu
     s->model = m;
     s->n_ctx = spud_engine_n_ctx(s->engine);
     s->n_parallel = spud_engine_n_parallel(s->engine);
-    spud_str tmpl;
-    if (spud_gguf_get_str(m->gguf, "tokenizer.chat_template", &tmpl) == SPUD_OK && tmpl.len) {
-        s->chat_template = spud_strndup(tmpl.ptr, (size_t)tmpl.len);
-        if (!s->chat_template) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    /* The model's own template; a model without one, or with one our Jinja
+     * interpreter cannot parse, is served with ChatML. */
+    if (spud_chat_template_from_gguf(m->gguf, &s->tmpl) != SPUD_OK) {
+        spud_log(SPUD_LOG_WARN, "serve: %s; using ChatML", spud_last_error());
+        s->tmpl = NULL;
+    } else if (spud_chat_template_is_default(s->tmpl)) {
+        spud_chat_template_free(s->tmpl);
+        s->tmpl = NULL;
     }
     atomic_store(&s->state, SRV_READY);
     return SPUD_OK;
@@ -704,7 +708,7 @@ void spud_server_free(spud_server *s) {
     if (!s) return;
     if (s->daemon) spud_server_shutdown(s, 0);
     spud_engine_free(s->engine);
-    spud_free(s->chat_template);
+    spud_chat_template_free(s->tmpl);
     srv_store_free(&s->store);
     srv_metrics_free(&s->metrics);
     if (s->keys)

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "chat.h"
 #include "model.h"
 #include "server.h"
 
@@ -97,8 +98,7 @@ struct spud_server {
     uint32_t n_ctx;
     int32_t n_parallel;
     int64_t created;
-    char *chat_template; /* the model's tokenizer.chat_template, or NULL */
-    void *tmpl;          /* parsed template (chat engine), or NULL */
+    spud_chat_template *tmpl; /* the model's chat template; NULL: our ChatML */
 
     pthread_mutex_t mu; /* in_flight */
     pthread_cond_t cv;

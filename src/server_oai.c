@@ -164,14 +164,71 @@ static bool render_chatml(json_object *messages, json_object *tools, bool add_ge
     return true;
 }
 
-/* The one place that turns messages into prompt text. The model's own
- * template (s->chat_template) is rendered by the chat-template engine once
- * it is part of libspud; until then every model gets ChatML, which is also
- * what the template of gen-model's models says. */
+/* Messages as chat templates expect them (what Hugging Face and llama.cpp
+ * pass): content a string (text parts joined; null -> ""), "developer" ->
+ * "system", tool call arguments parsed from their JSON string to an object. */
+static json_object *normalize_messages(json_object *messages) {
+    json_object *out = json_object_new_array();
+    for (size_t i = 0; i < json_object_array_length(messages); i++) {
+        json_object *m = json_object_array_get_idx(messages, i), *n = json_object_new_object();
+        json_object_object_foreach(m, key, val) {
+            if (!strcmp(key, "role")) {
+                const char *r = json_object_get_string(val);
+                json_object_object_add(n, key, json_object_new_string(!strcmp(r, "developer") ? "system" : r));
+            } else if (!strcmp(key, "content")) {
+                if (val && json_object_is_type(val, json_type_array)) {
+                    tbuf b = {0};
+                    for (size_t k = 0; k < json_object_array_length(val); k++) {
+                        json_object *part = json_object_array_get_idx(val, k), *t = NULL;
+                        if (!json_object_object_get_ex(part, "text", &t)) json_object_object_get_ex(part, "refusal", &t);
+                        if (t) tb_add(&b, json_object_get_string(t), (size_t)json_object_get_string_len(t));
+                    }
+                    json_object_object_add(n, key, json_object_new_string_len(b.p ? b.p : "", (int)b.n));
+                    spud_free(b.p);
+                } else {
+                    json_object_object_add(n, key, val ? json_object_get(val) : json_object_new_string(""));
+                }
+            } else if (!strcmp(key, "tool_calls") && val && json_object_is_type(val, json_type_array)) {
+                json_object *calls = json_object_new_array();
+                for (size_t k = 0; k < json_object_array_length(val); k++) {
+                    json_object *call = json_object_array_get_idx(val, k), *fn = NULL, *args = NULL;
+                    json_object *copy = NULL;
+                    if (json_object_deep_copy(call, &copy, NULL) != 0) continue;
+                    if (json_object_object_get_ex(copy, "function", &fn) && fn &&
+                        json_object_object_get_ex(fn, "arguments", &args) && args &&
+                        json_object_is_type(args, json_type_string)) {
+                        json_object *parsed = json_tokener_parse(json_object_get_string(args));
+                        if (parsed && json_object_is_type(parsed, json_type_object))
+                            json_object_object_add(fn, "arguments", parsed);
+                        else if (parsed)
+                            json_object_put(parsed);
+                    }
+                    json_object_array_add(calls, copy);
+                }
+                json_object_object_add(n, key, calls);
+            } else {
+                json_object_object_add(n, key, json_object_get(val));
+            }
+        }
+        if (!json_object_object_get_ex(n, "content", NULL)) json_object_object_add(n, "content", json_object_new_string(""));
+        json_object_array_add(out, n);
+    }
+    return out;
+}
+
+/* The one place that turns messages into prompt text: the model's chat
+ * template (spud_chat_render), or ChatML for a model without one. */
 bool srv_render_chat(spud_server *s, json_object *messages, json_object *tools, bool add_generation_prompt,
                      char **out, size_t *out_len, srv_error *e) {
+    if (s->tmpl) {
+        json_object *norm = normalize_messages(messages);
+        spud_status st = spud_chat_render_ex(s->tmpl, norm, tools, add_generation_prompt, NULL, out, out_len);
+        json_object_put(norm);
+        if (st == SPUD_ERR_NOMEM) return srv_fail(e, 500, "", "out of memory");
+        if (st) return srv_fail(e, 400, "messages", "the model's chat template refused the messages: %s", spud_last_error());
+        return true;
+    }
     tbuf b = {0};
-    (void)s;
     if (!render_chatml(messages, tools, add_generation_prompt, &b, e)) {
         spud_free(b.p);
         return false;

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Live tests of `spud serve` on 127.0.0.1 with generated models, driven by the
 # official openai npm client (tests/server/*.test.mjs, node's test runner).
-#   server A: tiny f32 model, --parallel 8, --ctx-size 512, API keys, --max-body 200000
-#   server B: a slower model, --parallel 1, --max-queue 1, no keys (queue, disconnect, SIGTERM tests)
+#   server A: tiny f32 model with Qwen2.5's chat template, --parallel 8, --ctx-size 1024, API keys,
+#             --max-body 200000
+#   server B: a slower model without a chat template (ChatML fallback), --parallel 1, --max-queue 1,
+#             no keys (queue, disconnect, SIGTERM tests)
+# Expected prompts come from Python's jinja2 (tests/server/gguf_template.py).
 # Each server must exit 0 after SIGTERM (under ASan that includes no leaks).
 set -euo pipefail
 : "${SPUD:?}" "${SRC:?}"
@@ -18,9 +21,13 @@ cleanup() {
 trap cleanup EXIT
 
 "$SPUD" gen-model --arch llama --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --type f32 --seed 1 \
-  -o "$tmp/tiny.gguf" >/dev/null 2>&1
+  -o "$tmp/gen.gguf" >/dev/null 2>&1
 "$SPUD" gen-model --arch llama --dim 256 --layers 4 --heads 4 --kv-heads 2 --ffn 512 --type f32 --seed 2 \
-  -o "$tmp/slow.gguf" >/dev/null 2>&1
+  -o "$tmp/gen-slow.gguf" >/dev/null 2>&1
+PY=${PYTHON:-python3}
+"$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/tiny.gguf" \
+  "${SHARED:-$SRC/../shared}/templates/Qwen-Qwen2.5-7B-Instruct.jinja"
+"$PY" "$SRC/tests/server/gguf_template.py" drop "$tmp/gen-slow.gguf" "$tmp/slow.gguf"
 printf '# keys for the test server\n\n  sk-from-file  \n' >"$tmp/keys"
 
 # start NAME ARGS...: start a server on a free port; sets URL_NAME and PID_NAME once /health says ready.
@@ -58,14 +65,15 @@ stop() {
   grep -q "spud serve: stopped" "$tmp/$name.log" || { cat "$tmp/$name.log"; echo "server $name: no clean stop"; exit 1; }
 }
 
-start A -m "$tmp/tiny.gguf" --parallel 8 --ctx-size 512 --api-key sk-test-key --api-key-file "$tmp/keys" \
+start A -m "$tmp/tiny.gguf" --parallel 8 --ctx-size 1024 --api-key sk-test-key --api-key-file "$tmp/keys" \
   --max-body 200000 --max-queue 64 -t 2
 start B -m "$tmp/slow.gguf" --parallel 1 --max-queue 1 --ctx-size 4096 -t 2
 
 sanitized=0
 grep -q __asan_init "$SPUD" && sanitized=1
 export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
-  SPUD_KEY=sk-test-key SPUD_FILE_KEY=sk-from-file SPUD_SANITIZED=$sanitized
+  SPUD_KEY=sk-test-key SPUD_FILE_KEY=sk-from-file SPUD_SANITIZED=$sanitized \
+  SPUD_MODEL_A="$tmp/tiny.gguf" PYTHON="$PY"
 
 cd "$SRC/tests/server"
 node --test --test-reporter=spec api.test.mjs

@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import { execFileSync } from 'node:child_process';
 import {
   A, B, KEY, FILE_KEY, NO_SPECIAL, client, metrics, waitFor, chatText, collectChat, raw, assertErrorShape, sleep,
 } from './common.mjs';
@@ -163,18 +164,28 @@ test('chat: logprobs and top_logprobs', async () => {
 });
 
 test('chat: logit_bias forces and forbids tokens; /tokenize and /detokenize', async () => {
-  const r = await c.chat.completions.create({ ...greedy, max_tokens: 1, logprobs: true, logit_bias: NO_SPECIAL });
-  const first = r.choices[0].logprobs.content[0];
-  const piece = Buffer.from(first.bytes).toString();
-  const tok = await raw(A, '/tokenize', { body: { content: piece } });
-  assert.equal(tok.status, 200, tok.text);
-  assert.equal(tok.json.tokens.length, 1, tok.text);
-  const id = tok.json.tokens[0];
+  // the first generated token that is printable ASCII (so /tokenize can name it)
+  const r = await c.chat.completions.create({ ...greedy, max_tokens: 40, logprobs: true, logit_bias: NO_SPECIAL });
+  const lp = r.choices[0].logprobs.content;
+  let at = -1, id, piece;
+  for (let i = 0; i < lp.length && id === undefined; i++) {
+    if (!lp[i].bytes.every((b) => b >= 0x20 && b < 0x7f)) continue;
+    piece = Buffer.from(lp[i].bytes).toString();
+    const tok = await raw(A, '/tokenize', { body: { content: piece } });
+    assert.equal(tok.status, 200, tok.text);
+    if (tok.json.tokens.length === 1 && lp.findIndex((t) => Buffer.from(t.bytes).toString() === piece) === i) {
+      id = tok.json.tokens[0];
+      at = i;
+    }
+  }
+  assert.ok(id !== undefined, 'no ASCII token in ' + JSON.stringify(r.choices[0].message.content));
   const detok = await raw(A, '/detokenize', { body: { tokens: [id, id] } });
   assert.equal(detok.json.content, piece + piece);
-  // forbid the greedy first token: a different one comes out
-  const r2 = await c.chat.completions.create({ ...greedy, max_tokens: 1, logprobs: true, logit_bias: { ...NO_SPECIAL, [id]: -100 } });
-  assert.notDeepEqual(r2.choices[0].logprobs.content[0].bytes, first.bytes);
+  // forbid it: everything before its first place is the same, then another token comes
+  const r2 = await c.chat.completions.create({ ...greedy, max_tokens: at + 1, logprobs: true, logit_bias: { ...NO_SPECIAL, [id]: -100 } });
+  const lp2 = r2.choices[0].logprobs.content;
+  assert.deepEqual(lp2.slice(0, at).map((t) => t.bytes), lp.slice(0, at).map((t) => t.bytes));
+  assert.notDeepEqual(lp2[at].bytes, lp[at].bytes);
   // force another token: it comes out every time
   const other = (id + 7) % 500;
   const r3 = await c.chat.completions.create({ ...greedy, max_tokens: 4, logit_bias: { [other]: 100 } });
@@ -182,27 +193,39 @@ test('chat: logit_bias forces and forbids tokens; /tokenize and /detokenize', as
   assert.equal(r3.choices[0].message.content, want);
 });
 
-test('chat: every role renders; /apply-template gives the prompt (ChatML)', async () => {
+// The prompt Python's jinja2 renders from the model's template (tests/server/gguf_template.py).
+function jinja2Prompt(req) {
+  return execFileSync(process.env.PYTHON ?? 'python3', [new URL('./gguf_template.py', import.meta.url).pathname, 'render', process.env.SPUD_MODEL_A],
+    { input: JSON.stringify(req) }).toString();
+}
+
+test('chat: the model\'s template renders every role and tool calls as jinja2 does; no template: ChatML', async () => {
   const messages = [
     { role: 'system', content: 'S' },
     { role: 'developer', content: 'D' },
     { role: 'user', content: [{ type: 'text', text: 'U1' }, { type: 'text', text: 'U2' }] },
-    { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: '{"x":1}' } }] },
+    { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 'f', arguments: '{"x": 1, "y": "é"}' } }] },
     { role: 'tool', tool_call_id: 'c1', content: 'T' },
     { role: 'assistant', content: 'A' },
     { role: 'user', content: 'Q' },
   ];
-  const t = await raw(A, '/apply-template', { body: { messages } });
-  assert.equal(t.status, 200, t.text);
+  const tools = [{ type: 'function', function: { name: 'f', description: 'Does f.', parameters: { type: 'object', properties: { x: { type: 'integer' } } } } }];
+  for (const req of [{ messages }, { messages, tools }, { messages: messages.slice(2, 3), add_generation_prompt: false }, { messages: hello }]) {
+    const t = await raw(A, '/apply-template', { body: req });
+    assert.equal(t.status, 200, t.text);
+    assert.equal(t.json.prompt, jinja2Prompt(req), JSON.stringify(req));
+  }
+  const r = await c.chat.completions.create({ model: 'm', messages, tools, max_tokens: 2 });
+  assert.equal(r.choices.length, 1);
+  // server B's model has no template: ChatML, with tools and tool calls written out Hermes-style
+  const t = await raw(B, '/apply-template', { body: { messages } });
   assert.equal(
     t.json.prompt,
     '<|im_start|>system\nS<|im_end|>\n<|im_start|>system\nD<|im_end|>\n<|im_start|>user\nU1U2<|im_end|>\n' +
-      '<|im_start|>assistant\n\n<tool_call>\n{"name": "f", "arguments": {"x":1}}\n</tool_call><|im_end|>\n' +
+      '<|im_start|>assistant\n\n<tool_call>\n{"name": "f", "arguments": {"x": 1, "y": "é"}}\n</tool_call><|im_end|>\n' +
       '<|im_start|>tool\nT<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n' +
       '<|im_start|>assistant\n',
   );
-  const r = await c.chat.completions.create({ model: 'm', messages, max_tokens: 2 });
-  assert.equal(r.choices.length, 1);
   // the rendered prompt is tokenized with its special tokens recognised
   const q = [{ role: 'user', content: 'Q' }];
   const one = await c.chat.completions.create({ model: 'm', messages: q, max_tokens: 1 });
@@ -286,9 +309,10 @@ test('responses: create, stream, retrieve, previous_response_id, instructions, s
   const alone = await c.responses.create({ model: 'm', input: 'And then?', max_output_tokens: 1, temperature: 0 });
   assert.ok(r2.usage.input_tokens > alone.usage.input_tokens);
   // instructions add a system message (and are not carried to the next turn)
-  const ins = await c.responses.create({ model: 'm', input: 'And then?', instructions: 'Answer in French.', max_output_tokens: 1, store: false });
-  assert.ok(ins.usage.input_tokens > alone.usage.input_tokens);
-  assert.equal(ins.instructions, 'Answer in French.');
+  const instructions = 'Answer in French, in the voice of a nineteenth-century novelist, and never in English. '.repeat(3);
+  const ins = await c.responses.create({ model: 'm', input: 'And then?', instructions, max_output_tokens: 1, store: false });
+  assert.ok(ins.usage.input_tokens > alone.usage.input_tokens + 50, JSON.stringify([ins.usage, alone.usage]));
+  assert.equal(ins.instructions, instructions);
   // store: false keeps nothing
   await assert.rejects(
     c.responses.create({ model: 'm', input: 'x', previous_response_id: ins.id, max_output_tokens: 1 }),
@@ -385,20 +409,20 @@ test('errors: wrong types and ranges are 400s naming the field; unknown fields a
 });
 
 test('errors: a prompt longer than the context is a 400 with both numbers', async () => {
-  const long = 'word '.repeat(2000);
+  const long = 'word '.repeat(4000);
   await assert.rejects(c.chat.completions.create({ ...greedy, messages: [{ role: 'user', content: long }] }), (e) => {
     assert.equal(e.status, 400);
     assert.equal(e.code, 'context_length_exceeded');
     const m = /context is (\d+) tokens.* is (\d+) tokens/.exec(e.message);
     assert.ok(m, e.message);
-    assert.equal(Number(m[1]), 512);
-    assert.ok(Number(m[2]) > 512);
+    assert.equal(Number(m[1]), 1024);
+    assert.ok(Number(m[2]) > 1024);
     return true;
   });
-  const r = await raw(A, '/v1/completions', { body: { prompt: Array(513).fill(7), max_tokens: 1 } });
+  const r = await raw(A, '/v1/completions', { body: { prompt: Array(1025).fill(7), max_tokens: 1 } });
   assertErrorShape(assert, r, 400, 'prompt');
-  assert.match(r.json.error.message, /512/);
-  assert.match(r.json.error.message, /513/);
+  assert.match(r.json.error.message, /1024/);
+  assert.match(r.json.error.message, /1025/);
 });
 
 test('errors: body over --max-body is a 413 (with and without Content-Length)', async () => {
@@ -504,7 +528,7 @@ test('metrics: Prometheus text with the documented series', async () => {
   assert.ok(m['spud_requests_total{route="/v1/chat/completions",status="400"}'] > 10);
   assert.ok(m['spud_requests_total{route="/v1/chat/completions",status="413"}'] >= 2);
   assert.ok(m['spud_requests_total{route="/v1/models",status="401"}'] >= 2);
-  assert.equal(m.spud_kv_cache_capacity_tokens, 8 * 512);
+  assert.equal(m.spud_kv_cache_capacity_tokens, 8 * 1024);
   assert.equal(m.spud_time_to_first_token_seconds_count, m['spud_time_to_first_token_seconds_bucket{le="+Inf"}']);
   void sleep;
 });

@@ -2,7 +2,7 @@
 import OpenAI from 'openai';
 import { readFileSync } from 'node:fs';
 
-// Server A: --parallel 8 --ctx-size 512, API keys. Server B: --parallel 1 --max-queue 1, no keys, slower model.
+// Server A: --parallel 8 --ctx-size 1024, API keys, Qwen2.5's chat template. Server B: --parallel 1 --max-queue 1, no keys, slower model.
 export const A = process.env.SPUD_URL_A;
 export const B = process.env.SPUD_URL_B;
 export const KEY = process.env.SPUD_KEY;

@@ -16,6 +16,7 @@ static const struct {
     {"logits", cmd_logits, "print the last position's logits for a prompt (JSON)"},
     {"gen-model", cmd_gen_model, "write a random-weight model of any shape and type"},
     {"quantize", cmd_quantize, "convert an F32/F16/BF16 model to a quantized type"},
+    {"bench", cmd_bench, "measure prompt and generation speed, and memory bandwidth"},
     {"template", cmd_template, "print a conversation rendered with a chat template"},
     {"chat", cmd_chat, "chat with a model in the terminal"},
 };

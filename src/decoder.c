@@ -243,3 +243,26 @@ spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
     }
     return SPUD_OK;
 }
+
+uint64_t spud_ctx_kv_bytes_per_token(const spud_ctx *c) { return spud_model_kv_bytes_per_token(c->model); }
+
+spud_status spud_decoder_fill_synthetic(spud_ctx *c, uint32_t seq, uint32_t n, uint64_t seed) {
+    const spud_hparams *hp = &c->model->hp;
+    if (seq >= c->n_seq || n > c->n_ctx - c->n_past[seq])
+        return spud_errorf(SPUD_ERR_RANGE, "synthetic fill: %u positions do not fit in sequence %u", n, seq);
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    const uint32_t p0 = c->n_past[seq];
+    for (int l = 0; l < hp->n_layer; l++)
+        for (int g = 0; g < hp->n_head_kv; g++) {
+            float *k = c->k_cache + spud_kv_offset(c, l, seq, g, p0);
+            float *v = c->v_cache + spud_kv_offset(c, l, seq, g, p0);
+            for (size_t i = 0; i < (size_t)n * (size_t)hp->head_dim; i++) {
+                s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+                /* two values in [-1, 1) from one draw */
+                k[i] = (float)(int32_t)(uint32_t)s * 0x1p-31f;
+                v[i] = (float)(int32_t)(uint32_t)(s >> 32) * 0x1p-31f;
+            }
+        }
+    c->n_past[seq] = p0 + n;
+    return SPUD_OK;
+}

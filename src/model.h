@@ -131,4 +131,13 @@ static inline size_t spud_kv_offset(const spud_ctx *c, int layer, uint32_t seq, 
 spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
                                  const int32_t *out_idx, int32_t n_out);
 
+/* Bytes of this context's KV cache per position of one sequence (all layers, K and V). */
+uint64_t spud_ctx_kv_bytes_per_token(const spud_ctx *c);
+
+/* Append n synthetic positions to sequence seq: seeded pseudo-random K and V
+ * rows of unit scale, for benchmarks that need a deep cache without
+ * prefilling it (the cost of attending to a row does not depend on its
+ * values). (decoder.c) */
+spud_status spud_decoder_fill_synthetic(spud_ctx *c, uint32_t seq, uint32_t n, uint64_t seed);
+
 #endif

@@ -43,6 +43,8 @@ typedef struct {
     spud_vec_dot_fn vec_dot[SPUD_TYPE_COUNT];
     spud_to_float_fn to_float[SPUD_TYPE_COUNT];
     spud_from_float_fn from_float[SPUD_TYPE_COUNT];
+    spud_gemm_fn gemm[SPUD_TYPE_COUNT]; /* matrix-matrix kernels (NULL: vec_dot per row) */
+    int gemm_rows;                      /* weight rows per gemm call */
     spud_dot_f32_fn dot_f32;
     spud_axpy_f32_fn axpy_f32;
 } spud_kernel_set;
@@ -97,6 +99,14 @@ void spud_dequant_q4_K_avx512(const void *x, float *y, int64_t n);
 void spud_dequant_q6_K_avx512(const void *x, float *y, int64_t n);
 float spud_dot_f32_avx512(const float *a, const float *b, int64_t n);
 void spud_axpy_f32_avx512(float *y, float a, const float *x, int64_t n);
+void spud_gemm_q4_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                           float *y, size_t ldy);
+void spud_gemm_q8_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                           float *y, size_t ldy);
+void spud_gemm_q4_K_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                           float *y, size_t ldy);
+void spud_gemm_q6_K_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                           float *y, size_t ldy);
 
 /* Unpack the 12 packed bytes of a q4_K block into 8 six-bit scales and 8
  * six-bit mins (GGML's get_scale_min_k4, all eight at once). */

@@ -596,6 +596,282 @@ void spud_dequant_q6_K_avx512(const void *vx, float *y, int64_t n) {
     }
 }
 
+/* ---- matrix-matrix products (prefill) ----
+ *
+ * A call computes 16 weight rows against any number of activation rows. The
+ * weights are repacked on the fly, GEMM_KC elements at a time, into a panel
+ * in L1 whose int8 dot products put one weight row in each 32-bit lane: for a
+ * group of gs elements, gs/4 zmm hold bytes 4j..4j+3 of every row (lane r =
+ * row r), so one vpdpbusd against the broadcast of 4 activation bytes adds 4
+ * products to all 16 rows at once. The group's per-row scales follow as one
+ * zmm of floats (and the q4_K mins as another). Each panel group is then used
+ * by up to GEMM_NC activation rows kept in registers, so a weight byte loaded
+ * once feeds 8 tokens, and no horizontal sums are needed.
+ *
+ * vpdpbusd takes unsigned x signed bytes: the weights go in as unsigned
+ * values (q4_0 nibbles 0..15, q8_0 values + 128, q4_K nibbles, q6_K 6-bit
+ * values) and the activations as they are. The constant offset (8, 128, 32)
+ * times Σ activations is the accumulator's starting value (spud_gemm_x aux),
+ * so every group's integer sum is exact, as in vec_dot; the q4_K mins are
+ * subtracted in float (dmin * m * dx * Σ q). Scaling and summation over
+ * groups are in float, in a different order from vec_dot. */
+
+#define GEMM_ROWS 16
+#define GEMM_KC 512 /* weight elements per packed chunk (a multiple of 256) */
+#define GEMM_NC 8   /* activation rows per micro-tile */
+
+/* out[j] = dword j of rows src + r * stride (lane r), for 16 rows of 8 dwords:
+ * two 8x8 transposes side by side (rows 0-7 in the low 256 bits, 8-15 high). */
+static inline void transpose_16x8(const uint8_t *src, size_t stride, __m512i out[8]) {
+    __m512i z[8], t[8], u[8];
+    for (int a = 0; a < 8; a++)
+        z[a] = _mm512_inserti64x4(_mm512_castsi256_si512(LOADU256(src + a * stride)),
+                                  LOADU256(src + (a + 8) * stride), 1);
+    for (int a = 0; a < 8; a += 2) {
+        t[a] = _mm512_unpacklo_epi32(z[a], z[a + 1]);
+        t[a + 1] = _mm512_unpackhi_epi32(z[a], z[a + 1]);
+    }
+    for (int a = 0; a < 8; a += 4) {
+        u[a / 2] = _mm512_unpacklo_epi64(t[a], t[a + 2]);
+        u[a / 2 + 1] = _mm512_unpackhi_epi64(t[a], t[a + 2]);
+        u[a / 2 + 4] = _mm512_unpacklo_epi64(t[a + 1], t[a + 3]);
+        u[a / 2 + 5] = _mm512_unpackhi_epi64(t[a + 1], t[a + 3]);
+    }
+    /* 128-bit lanes of u[col_rows03[c]]: column c of rows 0-3, column c + 4 of
+     * rows 0-3, column c of rows 8-11, column c + 4 of rows 8-11; u[col_rows47[c]]
+     * the same for rows 4-7 and 12-15. Interleave their 128-bit lanes. */
+    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    const __m512i hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    const int col_rows03[4] = {0, 1, 4, 5}, col_rows47[4] = {2, 3, 6, 7};
+    for (int c = 0; c < 4; c++) {
+        out[c] = _mm512_permutex2var_epi64(u[col_rows03[c]], lo, u[col_rows47[c]]);
+        out[c + 4] = _mm512_permutex2var_epi64(u[col_rows03[c]], hi, u[col_rows47[c]]);
+    }
+}
+
+/* Bytes of one panel group: gs/4 zmm of values, the scales, the mins. */
+static inline size_t panel_group_bytes(int gs, bool mins) { return (size_t)gs * 16 + 64 + (mins ? 64 : 0); }
+
+/* Move the unsigned values vals[r * GEMM_KC + e] (e < kc) into the panel. */
+static inline void panel_transpose(const uint8_t *vals, int kc, int gs, bool mins, uint8_t *panel) {
+    const size_t gb = panel_group_bytes(gs, mins);
+    for (int e = 0; e < kc; e += 32) {
+        __m512i o[8];
+        transpose_16x8(vals + e, GEMM_KC, o);
+        if (gs == 32) {
+            uint8_t *p = panel + (size_t)(e / 32) * gb;
+            for (int j = 0; j < 8; j++) _mm512_store_si512(p + 64 * j, o[j]);
+        } else { /* gs == 16: two groups */
+            uint8_t *p0 = panel + (size_t)(e / 16) * gb, *p1 = p0 + gb;
+            for (int j = 0; j < 4; j++) {
+                _mm512_store_si512(p0 + 64 * j, o[j]);
+                _mm512_store_si512(p1 + 64 * j, o[j + 4]);
+            }
+        }
+    }
+}
+
+static inline int32_t load_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* y[c * ldy + r] (+)= panel rows . activation rows c < NC, over ng groups.
+ * xq, dx, aux point at the chunk's first element / group of activation row 0. */
+static inline __attribute__((always_inline)) void gemm_tile(const uint8_t *panel, int ng, const int gs, const bool mins,
+                                                          const int8_t *xq, size_t x_stride, const float *dx,
+                                                          const float *aux, size_t s_stride, const int NC, float *y,
+                                                          size_t ldy, __mmask16 rmask, bool first) {
+    __m512 f[GEMM_NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; c++) f[c] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rmask, y + c * ldy);
+    const size_t gb = panel_group_bytes(gs, mins);
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *pg = panel + (size_t)g * gb;
+        __m512i W[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < gs / 4; j++) W[j] = _mm512_load_si512(pg + 64 * j);
+        const __m512 S = _mm512_load_ps((const float *)(const void *)(pg + gs * 16));
+        const __m512 M = mins ? _mm512_load_ps((const float *)(const void *)(pg + gs * 16 + 64)) : S;
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) {
+            const int8_t *xc = xq + c * x_stride + (size_t)g * gs;
+            const size_t si = c * s_stride + (size_t)g;
+            __m512i acc = mins ? _mm512_setzero_si512() : _mm512_set1_epi32(load_i32(aux + si));
+#pragma GCC unroll 8
+            for (int j = 0; j < gs / 4; j++) acc = _mm512_dpbusd_epi32(acc, W[j], _mm512_set1_epi32(load_i32(xc + 4 * j)));
+            f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(S, _mm512_set1_ps(dx[si])), f[c]);
+            if (mins) f[c] = _mm512_fnmadd_ps(M, _mm512_set1_ps(aux[si]), f[c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; c++) _mm512_mask_storeu_ps(y + c * ldy, rmask, f[c]);
+}
+
+/* All activation rows against one packed chunk [k0, k0 + kc). */
+static inline __attribute__((always_inline)) void gemm_chunk(const uint8_t *panel, int kc, const int gs, const bool mins,
+                                                           int64_t k, int64_t k0, const spud_gemm_x *x, int nc,
+                                                           float *y, size_t ldy, int nr) {
+    const int ng = kc / gs;
+    const int64_t ng_all = k / gs;
+    const __mmask16 rmask = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    const bool first = k0 == 0;
+    for (int c0 = 0; c0 < nc; c0 += GEMM_NC) {
+        const int8_t *xq = (const int8_t *)x->x + (size_t)c0 * x->x_stride + k0;
+        const float *dx = x->s + (size_t)c0 * x->s_stride + k0 / gs;
+        const float *aux = dx + ng_all;
+        float *yc = y + (size_t)c0 * ldy;
+#define TILE(n) gemm_tile(panel, ng, gs, mins, xq, x->x_stride, dx, aux, x->s_stride, n, yc, ldy, rmask, first)
+        switch (nc - c0 < GEMM_NC ? nc - c0 : GEMM_NC) {
+        case 8: TILE(8); break;
+        case 7: TILE(7); break;
+        case 6: TILE(6); break;
+        case 5: TILE(5); break;
+        case 4: TILE(4); break;
+        case 3: TILE(3); break;
+        case 2: TILE(2); break;
+        default: TILE(1); break;
+        }
+#undef TILE
+    }
+}
+
+/* Per type: unpack rows [0, nr) of chunk [k0, k0 + kc) into unsigned values
+ * (vals, GEMM_KC bytes per row) and the per-group scales (and mins) into the
+ * panel; rows nr..15 get zero values and scales. */
+static inline float *panel_scales(uint8_t *panel, int g, int gs, bool mins) {
+    return (float *)(void *)(panel + (size_t)g * panel_group_bytes(gs, mins) + gs * 16);
+}
+
+static void zero_row(uint8_t *vals, uint8_t *panel, int r, int kc, int gs, bool mins) {
+    memset(vals + (size_t)r * GEMM_KC, 0, (size_t)kc);
+    for (int g = 0; g < kc / gs; g++) {
+        panel_scales(panel, g, gs, mins)[r] = 0.f;
+        if (mins) panel_scales(panel, g, gs, mins)[16 + r] = 0.f;
+    }
+}
+
+static void pack_q4_0(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int r = 0; r < GEMM_ROWS; r++) {
+        if (r >= nr) {
+            zero_row(vals, panel, r, kc, 32, false);
+            continue;
+        }
+        const block_q4_0 *b = (const block_q4_0 *)(const void *)((const char *)w + (size_t)r * rb) + k0 / QK4_0;
+        uint8_t *v = vals + (size_t)r * GEMM_KC;
+        for (int g = 0; g < kc / 32; g++) {
+            const __m128i raw = LOADU128(b[g].qs);
+            _mm_store_si128((__m128i *)(void *)(v + 32 * g), _mm_and_si128(raw, m4));
+            _mm_store_si128((__m128i *)(void *)(v + 32 * g + 16), _mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+            panel_scales(panel, g, 32, false)[r] = f16s(b[g].d);
+        }
+    }
+}
+
+static void pack_q8_0(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel) {
+    const __m256i sign = _mm256_set1_epi8((char)0x80);
+    for (int r = 0; r < GEMM_ROWS; r++) {
+        if (r >= nr) {
+            zero_row(vals, panel, r, kc, 32, false);
+            continue;
+        }
+        const block_q8_0 *b = (const block_q8_0 *)(const void *)((const char *)w + (size_t)r * rb) + k0 / QK8_0;
+        uint8_t *v = vals + (size_t)r * GEMM_KC;
+        for (int g = 0; g < kc / 32; g++) {
+            _mm256_store_si256((__m256i *)(void *)(v + 32 * g), _mm256_xor_si256(LOADU256(b[g].qs), sign));
+            panel_scales(panel, g, 32, false)[r] = f16s(b[g].d);
+        }
+    }
+}
+
+static void pack_q4_K(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int r = 0; r < GEMM_ROWS; r++) {
+        if (r >= nr) {
+            zero_row(vals, panel, r, kc, 32, true);
+            continue;
+        }
+        const block_q4_K *b = (const block_q4_K *)(const void *)((const char *)w + (size_t)r * rb) + k0 / QK_K;
+        uint8_t *v = vals + (size_t)r * GEMM_KC;
+        for (int sb = 0; sb < kc / QK_K; sb++) {
+            const float d = f16s(b[sb].d), dmin = f16s(b[sb].dmin);
+            uint8_t sc[8], mn[8];
+            spud_q4_K_unpack_scales_le(b[sb].scales, sc, mn);
+            for (int c = 0; c < 4; c++) {
+                const __m256i raw = LOADU256(b[sb].qs + 32 * c);
+                _mm256_store_si256((__m256i *)(void *)(v + QK_K * sb + 64 * c), _mm256_and_si256(raw, m4));
+                _mm256_store_si256((__m256i *)(void *)(v + QK_K * sb + 64 * c + 32),
+                                   _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
+            }
+            for (int j = 0; j < 8; j++) {
+                float *sm = panel_scales(panel, 8 * sb + j, 32, true);
+                sm[r] = d * sc[j];
+                sm[16 + r] = dmin * mn[j];
+            }
+        }
+    }
+}
+
+static void pack_q6_K(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel) {
+    for (int r = 0; r < GEMM_ROWS; r++) {
+        if (r >= nr) {
+            zero_row(vals, panel, r, kc, 16, false);
+            continue;
+        }
+        const block_q6_K *b = (const block_q6_K *)(const void *)((const char *)w + (size_t)r * rb) + k0 / QK_K;
+        uint8_t *v = vals + (size_t)r * GEMM_KC;
+        for (int sb = 0; sb < kc / QK_K; sb++) {
+            for (int h = 0; h < 2; h++) {
+                __m512i qa, qb;
+                q6_K_half_values_512(b[sb].ql + 64 * h, b[sb].qh + 32 * h, &qa, &qb);
+                _mm512_store_si512(v + QK_K * sb + 128 * h, qa);
+                _mm512_store_si512(v + QK_K * sb + 128 * h + 64, qb);
+            }
+            const float d = f16s(b[sb].d);
+            for (int j = 0; j < 16; j++) panel_scales(panel, 16 * sb + j, 16, false)[r] = d * b[sb].scales[j];
+        }
+    }
+}
+
+typedef void (*pack_fn)(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel);
+
+#define PANEL_BYTES (GEMM_KC / 16 * (16 * 16 + 64)) /* the largest: gs 16 */
+
+static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int gs, const bool mins, int64_t k,
+                                                       const void *w, size_t rb, int nr, const spud_gemm_x *x,
+                                                       int nc, float *y, size_t ldy) {
+    _Alignas(64) uint8_t vals[GEMM_ROWS * GEMM_KC];
+    _Alignas(64) uint8_t panel[PANEL_BYTES];
+    for (int64_t k0 = 0; k0 < k; k0 += GEMM_KC) {
+        const int kc = (int)(k - k0 < GEMM_KC ? k - k0 : GEMM_KC);
+        pack(w, rb, nr, k0, kc, vals, panel);
+        panel_transpose(vals, kc, gs, mins, panel);
+        gemm_chunk(panel, kc, gs, mins, k, k0, x, nc, y, ldy, nr);
+    }
+}
+
+void spud_gemm_q4_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                           size_t ldy) {
+    gemm_q(pack_q4_0, 32, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q8_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                           size_t ldy) {
+    gemm_q(pack_q8_0, 32, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q4_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                           size_t ldy) {
+    gemm_q(pack_q4_K, 32, true, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q6_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                           size_t ldy) {
+    gemm_q(pack_q6_K, 16, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
 const spud_kernel_set spud_kernels_avx512 = {
     .name = "avx512",
     .vec_dot = {
@@ -619,6 +895,13 @@ const spud_kernel_set spud_kernels_avx512 = {
         [SPUD_TYPE_Q8_0] = spud_quant_q8_0_avx512,
         [SPUD_TYPE_Q8_K] = spud_quant_q8_K_avx512,
     },
+    .gemm = {
+        [SPUD_TYPE_Q4_0] = spud_gemm_q4_0_avx512,
+        [SPUD_TYPE_Q8_0] = spud_gemm_q8_0_avx512,
+        [SPUD_TYPE_Q4_K] = spud_gemm_q4_K_avx512,
+        [SPUD_TYPE_Q6_K] = spud_gemm_q6_K_avx512,
+    },
+    .gemm_rows = GEMM_ROWS,
     .dot_f32 = spud_dot_f32_avx512,
     .axpy_f32 = spud_axpy_f32_avx512,
 };

@@ -690,25 +690,29 @@ static spud_type_info type_table[SPUD_TYPE_COUNT] = {
                         .to_float = spud_dequant_q4_0_ref, .from_float = spud_quant_q4_0_ref,
                         .from_float_ref = spud_quant_q4_0_ref,
                         .vec_dot = spud_vec_dot_q4_0_q8_0_ref,
-                        .vec_dot_ref = spud_vec_dot_q4_0_q8_0_ref},
+                        .vec_dot_ref = spud_vec_dot_q4_0_q8_0_ref,
+                        .gemm_group = 32},
     [SPUD_TYPE_Q8_0] = {.name = "q8_0", .block_size = QK8_0, .type_size = sizeof(block_q8_0),
                         .is_quantized = true, .vec_dot_type = SPUD_TYPE_Q8_0,
                         .to_float = spud_dequant_q8_0_ref, .from_float = spud_quant_q8_0_ref,
                         .from_float_ref = spud_quant_q8_0_ref,
                         .vec_dot = spud_vec_dot_q8_0_q8_0_ref,
-                        .vec_dot_ref = spud_vec_dot_q8_0_q8_0_ref},
+                        .vec_dot_ref = spud_vec_dot_q8_0_q8_0_ref,
+                        .gemm_group = 32},
     [SPUD_TYPE_Q4_K] = {.name = "q4_K", .block_size = QK_K, .type_size = sizeof(block_q4_K),
                         .is_quantized = true, .vec_dot_type = SPUD_TYPE_Q8_K,
                         .to_float = spud_dequant_q4_K_ref, .from_float = spud_quant_q4_K_ref,
                         .from_float_ref = spud_quant_q4_K_ref,
                         .vec_dot = spud_vec_dot_q4_K_q8_K_ref,
-                        .vec_dot_ref = spud_vec_dot_q4_K_q8_K_ref},
+                        .vec_dot_ref = spud_vec_dot_q4_K_q8_K_ref,
+                        .gemm_group = 32},
     [SPUD_TYPE_Q6_K] = {.name = "q6_K", .block_size = QK_K, .type_size = sizeof(block_q6_K),
                         .is_quantized = true, .vec_dot_type = SPUD_TYPE_Q8_K,
                         .to_float = spud_dequant_q6_K_ref, .from_float = spud_quant_q6_K_ref,
                         .from_float_ref = spud_quant_q6_K_ref,
                         .vec_dot = spud_vec_dot_q6_K_q8_K_ref,
-                        .vec_dot_ref = spud_vec_dot_q6_K_q8_K_ref},
+                        .vec_dot_ref = spud_vec_dot_q6_K_q8_K_ref,
+                        .gemm_group = 16},
     /* activations only: no vec_dot of its own */
     [SPUD_TYPE_Q8_K] = {.name = "q8_K", .block_size = QK_K, .type_size = sizeof(block_q8_K),
                         .is_quantized = true, .vec_dot_type = SPUD_TYPE_Q8_K,
@@ -812,6 +816,10 @@ const char *spud_kernels_init(bool force_scalar) {
             if (ks->vec_dot[t]) ti->vec_dot = ks->vec_dot[t];
             if (ks->to_float[t]) ti->to_float = ks->to_float[t];
             if (ks->from_float[t]) ti->from_float = ks->from_float[t];
+            if (ks->gemm[t]) {
+                ti->gemm = ks->gemm[t];
+                ti->gemm_rows = ks->gemm_rows;
+            }
         }
         atomic_store_explicit(&dot_f32_fn, ks->dot_f32 ? ks->dot_f32 : spud_dot_f32_ref, memory_order_relaxed);
         atomic_store_explicit(&axpy_f32_fn, ks->axpy_f32 ? ks->axpy_f32 : spud_axpy_f32_ref,
@@ -830,4 +838,64 @@ float spud_dot_f32(const float *a, const float *b, int64_t n) {
 
 void spud_axpy_f32(float *y, float a, const float *x, int64_t n) {
     atomic_load_explicit(&axpy_f32_fn, memory_order_relaxed)(y, a, x, n);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Activation rows for the gemm kernels                                      */
+/* ------------------------------------------------------------------------ */
+
+static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+size_t spud_gemm_x_scale_offset(spud_type t, int64_t n) {
+    const spud_type_info *ti = spud_type_get(t);
+    return ti->gemm_group ? round64((size_t)n) : round64((size_t)n * sizeof(float));
+}
+
+size_t spud_gemm_x_row_bytes(spud_type t, int64_t n) {
+    const spud_type_info *ti = spud_type_get(t);
+    if (!ti->gemm_group) return round64((size_t)n * sizeof(float));
+    return spud_gemm_x_scale_offset(t, n) + round64(2 * (size_t)(n / ti->gemm_group) * sizeof(float));
+}
+
+void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row) {
+    const spud_type_info *ti = spud_type_get(t);
+    const int gs = ti->gemm_group;
+    if (!gs) {
+        memcpy(row, x, (size_t)n * sizeof(float));
+        return;
+    }
+    int8_t *q = row;
+    float *dx = (float *)(void *)((char *)row + spud_gemm_x_scale_offset(t, n));
+    const int64_t ng = n / gs;
+    void *aux = dx + ng; /* float or int32 entries */
+    const spud_type_info *vi = spud_type_get(ti->vec_dot_type);
+    if (ti->vec_dot_type == SPUD_TYPE_Q8_0) {
+        const int32_t off = t == SPUD_TYPE_Q4_0 ? 8 : 128;
+        block_q8_0 blk;
+        for (int64_t b = 0; b < n / QK8_0; b++) {
+            vi->from_float(x + b * QK8_0, &blk, QK8_0);
+            memcpy(q + b * QK8_0, blk.qs, QK8_0);
+            int32_t sum = 0;
+            for (int j = 0; j < QK8_0; j++) sum += blk.qs[j];
+            dx[b] = F16(blk.d);
+            ((int32_t *)aux)[b] = -off * sum;
+        }
+        return;
+    }
+    /* q8_K activations: one scale per 256, sums per 16 */
+    block_q8_K blk;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        vi->from_float(x + b * QK_K, &blk, QK_K);
+        memcpy(q + b * QK_K, blk.qs, QK_K);
+        for (int g = 0; g < QK_K / gs; g++) {
+            const int64_t gi = b * (QK_K / gs) + g;
+            int32_t sum = 0;
+            for (int j = 0; j < gs / 16; j++) sum += blk.bsums[g * (gs / 16) + j];
+            dx[gi] = blk.d;
+            if (t == SPUD_TYPE_Q4_K)
+                ((float *)aux)[gi] = blk.d * (float)sum;
+            else
+                ((int32_t *)aux)[gi] = -32 * sum;
+        }
+    }
 }

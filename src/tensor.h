@@ -6,7 +6,11 @@
  * Matrix products follow one scheme: the activation row x (f32) is first
  * converted to the weight type's `vec_dot_type` (Q8_0 for Q4_0/Q8_0, Q8_K for
  * Q4_K/Q6_K, F32 for F32/F16/BF16), then `vec_dot` computes one weight row
- * times one converted activation row. Every kernel has a scalar `*_ref`
+ * times one converted activation row. For many activation rows at once
+ * (prefill), a type may also have a `gemm` kernel: the rows are prepared with
+ * the same quantization (spud_gemm_x_row) and one call computes a panel of
+ * weight rows against all of them; its scalar reference is vec_dot_ref on
+ * each (row, activation) pair. Every kernel has a scalar `*_ref`
  * version; SIMD versions (AVX2, AVX-512) are picked at run time by
  * spud_kernels_init() and must match the reference within the bounds that
  * tests/test_kernels.c states.
@@ -80,6 +84,30 @@ typedef void (*spud_from_float_fn)(const float *x, void *y, int64_t n);
 /* *s = sum_i w[i] * x[i]; w in the weight type, x in its vec_dot_type */
 typedef void (*spud_vec_dot_fn)(int64_t n, float *s, const void *w, const void *x);
 
+/* Activation rows prepared for the matrix-matrix kernels (spud_gemm_fn).
+ * Quantized weights: row c holds k int8 values q at x + c * x_stride (bytes),
+ * exactly the vec_dot_type quantization of the f32 row, and at s + c *
+ * s_stride (floats) two arrays of k / gs entries (gs = gemm_group of the
+ * weight type): dx[g], the scale of group g, then aux[g]:
+ *   q4_K:             float  dx[g] * Σ q over the group (for the mins);
+ *   q4_0, q8_0, q6_K: int32  -off * Σ q over the group, off = 8, 128, 32: the
+ *                     gemm kernels take the weights as unsigned values
+ *                     (q4_0 nibbles, q8_0 values + 128, q6_K 6-bit values),
+ *                     and an accumulator started at aux is exact.
+ * Float weights: row c is k floats at x + c * x_stride; s is unused. */
+typedef struct {
+    const void *x;
+    size_t x_stride;
+    const float *s;
+    size_t s_stride;
+} spud_gemm_x;
+
+/* y[c * ldy + r] = Σ_i W[r][i] * x_c[i] for rows r < nr of the weights that
+ * start at w (row_bytes apart; nr <= spud_type_info.gemm_rows) and activation
+ * rows c < nc. k: elements per row. Reads no weight row at or past nr. */
+typedef void (*spud_gemm_fn)(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                             float *y, size_t ldy);
+
 typedef struct {
     const char *name;   /* "f32", "q4_K", ... as GGML names them */
     int64_t block_size; /* elements per block */
@@ -91,6 +119,9 @@ typedef struct {
     spud_from_float_fn from_float_ref; /* reference quantizer (used for weights, gen-model) */
     spud_vec_dot_fn vec_dot;          /* dispatched */
     spud_vec_dot_fn vec_dot_ref;      /* scalar reference */
+    int gemm_group;   /* elements per activation scale in spud_gemm_x (0: float activations) */
+    spud_gemm_fn gemm; /* dispatched matrix-matrix kernel, or NULL (use vec_dot per row) */
+    int gemm_rows;    /* weight rows per gemm call */
 } spud_type_info;
 
 /* Traits of a type, or NULL for an id we do not support (or out of range). */
@@ -139,6 +170,17 @@ void spud_vec_dot_q4_0_q8_0_ref(int64_t n, float *s, const void *w, const void *
 void spud_vec_dot_q8_0_q8_0_ref(int64_t n, float *s, const void *w, const void *x);
 void spud_vec_dot_q4_K_q8_K_ref(int64_t n, float *s, const void *w, const void *x);
 void spud_vec_dot_q6_K_q8_K_ref(int64_t n, float *s, const void *w, const void *x);
+
+/* Bytes of one prepared activation row of n elements for weights of type t
+ * (the int8 values or floats, then the scale arrays), rounded up to 64. */
+size_t spud_gemm_x_row_bytes(spud_type t, int64_t n);
+/* Prepare one activation row x (n floats) for weights of type t: the int8
+ * values are the dispatched vec_dot_type quantizer's, bit for bit, so a
+ * matrix product through the gemm kernel and one through vec_dot round the
+ * activations the same way. `row` gets spud_gemm_x_row_bytes(t, n) bytes
+ * (64-byte aligned): values at row, scales at row + spud_gemm_x_scale_offset. */
+void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row);
+size_t spud_gemm_x_scale_offset(spud_type t, int64_t n);
 
 /* ---- f32 vector helpers used by the forward pass (dispatched) ---- */
 float spud_dot_f32(const float *a, const float *b, int64_t n);

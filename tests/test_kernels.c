@@ -18,6 +18,13 @@
  *     (integer sums are exact; only the float scaling/summation order differs);
  *   - f32, f16, bf16 dots and spud_dot_f32: |dot - exact| <= (n/8 + 16) * 2^-23 * M;
  *   - spud_axpy_f32: per element |simd - ref| <= 2^-23 * (|y| + |a*x|) (FMA vs mul+add);
+ *   - gemm kernels (matrix-matrix, quantized weights): every output within
+ *     (ng + 8) * 2^-23 * M of exact, ng = k / gemm_group (each group's integer
+ *     sum is exact; groups are scaled and summed in float), and within that
+ *     plus the vec_dot bound of the reference vec_dot; spud_gemm_x_row's int8
+ *     values and scales equal the vec_dot_type quantizer's, bit for bit;
+ *   - spud_matmul through the gemm path vs one row at a time through vec_dot:
+ *     within the sum of the two bounds;
  *   - weight quantize -> dequantize on N(0,1) data (measured on 5 seeds x 64 blocks):
  *       f16  |err| <= max(2^-11 |x|, 2^-25)      bf16 |err| <= 2^-8 |x|
  *       q8_0 |err| <= 0.57 * amax/127 per block (half a step + fp16 scale rounding), RMSE <= 0.006 RMS
@@ -38,6 +45,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "matmul.h"
 #include "tensor.h"
 
 /* ------------------------------------------------------------------------ */
@@ -1009,6 +1017,217 @@ Test(simd, dot_f32) { dot_suite(SPUD_TYPE_F32, len1, sizeof len1 / sizeof len1[0
 Test(simd, dot_f16) { dot_suite(SPUD_TYPE_F16, len1, sizeof len1 / sizeof len1[0]); }
 Test(simd, dot_bf16) { dot_suite(SPUD_TYPE_BF16, len1, sizeof len1 / sizeof len1[0]); }
 
+/* ------------------------------------------------------------------------ */
+/* Matrix-matrix kernels                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Prepare nc activation rows of length k for weights of type t from pattern
+ * pat; checks them against the vec_dot_type quantizer and returns the
+ * dequantized values (nc x k) in *vals. */
+static char *gemm_rows(spud_type t, int64_t k, int nc, int pat, uint64_t seed, double **vals) {
+    const spud_type_info *ti = spud_type_get(t);
+    const spud_type vt = ti->vec_dot_type;
+    const size_t xrow = spud_gemm_x_row_bytes(t, k), soff = spud_gemm_x_scale_offset(t, k);
+    const int gs = ti->gemm_group;
+    const int64_t ng = k / gs;
+    char *xs = aligned_alloc(64, xrow * (size_t)nc);
+    float *xf = malloc((size_t)k * sizeof(float));
+    buf q8 = buf_new(spud_row_size(vt, k), 4);
+    double *dq = malloc((size_t)k * sizeof(double));
+    *vals = malloc((size_t)(k * nc) * sizeof(double));
+    cr_assert(xs && xf && dq && *vals);
+    for (int c = 0; c < nc; c++) {
+        fill(xf, k, pat, seed * 7 + (uint64_t)c);
+        char *row = xs + (size_t)c * xrow;
+        spud_gemm_x_row(t, xf, k, row);
+        spud_type_get(vt)->from_float_ref(xf, q8.p, k);
+        decode_row(vt, q8.p, k, dq);
+        const int8_t *q = (const int8_t *)row;
+        const float *dx = (const float *)(const void *)(row + soff);
+        for (int64_t g = 0; g < ng; g++) {
+            int32_t sum = 0;
+            for (int e = 0; e < gs; e++) {
+                const int64_t i = g * gs + e;
+                sum += q[i];
+                (*vals)[c * k + i] = (double)dx[g] * q[i];
+                cr_assert((*vals)[c * k + i] == dq[i], "%s gemm row %d element %lld: %g vs quantizer %g", ti->name, c,
+                          (long long)i, (*vals)[c * k + i], dq[i]);
+            }
+            if (t == SPUD_TYPE_Q4_K) {
+                cr_assert(f2u(dx[ng + g]) == f2u(dx[g] * (float)sum), "q4_K aux group %lld", (long long)g);
+            } else {
+                int32_t aux;
+                memcpy(&aux, &dx[ng + g], 4);
+                const int32_t off = t == SPUD_TYPE_Q4_0 ? 8 : t == SPUD_TYPE_Q8_0 ? 128 : 32;
+                cr_assert(aux == -off * sum, "%s aux group %lld: %d vs %d", ti->name, (long long)g, aux, -off * sum);
+            }
+        }
+    }
+    free(xf);
+    free(dq);
+    buf_free(q8);
+    return xs;
+}
+
+/* Exactly nr weight rows of type t (ASan sees a read of row nr), quantized
+ * from gaussian floats or random blocks. */
+static buf gemm_weights(spud_type t, int64_t k, int nr, uint64_t seed, bool random_bytes) {
+    const size_t rb = spud_row_size(t, k);
+    buf w = buf_new(rb * (size_t)nr, 2 * (1 + seed % 8));
+    float *wf = malloc((size_t)k * sizeof(float));
+    for (int r = 0; r < nr; r++) {
+        char *row = (char *)w.p + (size_t)r * rb;
+        if (random_bytes) {
+            rng_seed(seed * 31 + (uint64_t)r);
+            random_blocks(t, row, k);
+        } else {
+            fill(wf, k, PAT_GAUSS, seed * 1000 + (uint64_t)r);
+            spud_type_get(t)->from_float_ref(wf, row, k);
+        }
+    }
+    free(wf);
+    return w;
+}
+
+static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr, int nc, int pat, uint64_t seed,
+                       bool random_bytes) {
+    const spud_type_info *ti = spud_type_get(t);
+    const spud_type vt = ti->vec_dot_type;
+    const size_t rb = spud_row_size(t, k), xrow = spud_gemm_x_row_bytes(t, k);
+    buf w = gemm_weights(t, k, nr, seed, random_bytes);
+    double *xv;
+    char *xs = gemm_rows(t, k, nc, pat, seed, &xv);
+    const spud_gemm_x gx = {.x = xs, .x_stride = xrow,
+                            .s = (const float *)(const void *)(xs + spud_gemm_x_scale_offset(t, k)),
+                            .s_stride = xrow / sizeof(float)};
+    const size_t ldy = (size_t)nr + 3;
+    float *y = malloc(ldy * (size_t)nc * sizeof(float));
+    for (size_t i = 0; i < ldy * (size_t)nc; i++) y[i] = NAN;
+    ks->gemm[t](k, w.p, rb, nr, &gx, nc, y, ldy);
+
+    double *dw = malloc((size_t)k * sizeof(double)), *mw = malloc((size_t)k * sizeof(double));
+    float *xf = malloc((size_t)k * sizeof(float));
+    buf q8 = buf_new(spud_row_size(vt, k) * (size_t)nc, 4);
+    for (int c = 0; c < nc; c++) { /* the vec_dot_type rows, for the reference dot */
+        fill(xf, k, pat, seed * 7 + (uint64_t)c);
+        spud_type_get(vt)->from_float_ref(xf, (char *)q8.p + (size_t)c * spud_row_size(vt, k), k);
+    }
+    const double ng = (double)(k / ti->gemm_group), nb = (double)(k / ti->block_size);
+    for (int r = 0; r < nr; r++) {
+        const char *row = (const char *)w.p + (size_t)r * rb;
+        decode_row(t, row, k, dw);
+        decode_row_magnitude(t, row, k, mw);
+        for (int c = 0; c < nc; c++) {
+            double exact = 0, mag = 0;
+            for (int64_t i = 0; i < k; i++) {
+                exact += dw[i] * xv[c * k + i];
+                mag += mw[i] * fabs(xv[c * k + i]);
+            }
+            const double bound = (ng + 8) * FLT_EPSILON * mag;
+            const float got = y[(size_t)c * ldy + (size_t)r];
+            cr_assert(fabs(got - exact) <= bound,
+                      "%s %s gemm k=%lld nr=%d nc=%d row %d col %d %s seed %llu%s: %.9g vs exact %.9g (bound %.3g)",
+                      ti->name, ks->name, (long long)k, nr, nc, r, c, pat_names[pat], (unsigned long long)seed,
+                      random_bytes ? " random blocks" : "", (double)got, exact, bound);
+            float ref;
+            ti->vec_dot_ref(k, &ref, row, (const char *)q8.p + (size_t)c * spud_row_size(vt, k));
+            cr_assert(fabs(got - ref) <= bound + (nb + 8) * FLT_EPSILON * mag, "%s %s gemm vs vec_dot_ref: %.9g vs %.9g",
+                      ti->name, ks->name, (double)got, (double)ref);
+        }
+        for (int c = 0; c < nc; c++)
+            for (size_t j = (size_t)nr; j < ldy; j++)
+                cr_assert(isnan(y[(size_t)c * ldy + j]), "%s %s gemm wrote past row %d", ti->name, ks->name, nr);
+    }
+    free(dw);
+    free(mw);
+    free(xf);
+    free(xv);
+    free(xs);
+    free(y);
+    buf_free(q8);
+    buf_free(w);
+}
+
+static void gemm_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
+    static const int shapes[][2] = {{16, 13}, {7, 8}, {1, 1}, {16, 24}, {3, 5}, {16, 4}};
+    const spud_kernel_set *sets[2];
+    int tested = 0;
+    for (int s = 0, ns = simd_sets(sets); s < ns; s++) {
+        if (!sets[s]->gemm[t]) continue;
+        tested++;
+        for (size_t li = 0; li < n_lengths; li++)
+            for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
+                for (int pat = 0; pat < PAT_COUNT; pat++) {
+                    if (pat == PAT_BITS) continue; /* products overflow */
+                    const int nr = shapes[sh][0] > sets[s]->gemm_rows ? sets[s]->gemm_rows : shapes[sh][0];
+                    const uint64_t seed = 1 + li * 13 + sh * 5 + (uint64_t)pat;
+                    check_gemm(sets[s], t, lengths[li], nr, shapes[sh][1], pat, seed, (pat + sh) % 2 == 0);
+                }
+    }
+    cr_log_info("%s: gemm checked on %d ISA(s)", spud_type_get(t)->name, tested);
+}
+
+static const int64_t gemm_len32[] = {32, 96, 512, 544, 1056, 4128};
+static const int64_t gemm_len256[] = {256, 512, 768, 1792};
+
+Test(gemm, q4_0) { gemm_suite(SPUD_TYPE_Q4_0, gemm_len32, sizeof gemm_len32 / sizeof gemm_len32[0]); }
+Test(gemm, q8_0) { gemm_suite(SPUD_TYPE_Q8_0, gemm_len32, sizeof gemm_len32 / sizeof gemm_len32[0]); }
+Test(gemm, q4_K) { gemm_suite(SPUD_TYPE_Q4_K, gemm_len256, sizeof gemm_len256 / sizeof gemm_len256[0]); }
+Test(gemm, q6_K) { gemm_suite(SPUD_TYPE_Q6_K, gemm_len256, sizeof gemm_len256 / sizeof gemm_len256[0]); }
+
+/* spud_matmul: many rows at once (the gemm path where the kernels have one)
+ * against one row per call (vec_dot), on 2 threads. */
+Test(gemm, matmul_paths_agree) {
+    spud_kernels_init(false);
+    spud_pool *pool;
+    cr_assert_eq(spud_pool_new(2, &pool), SPUD_OK);
+    const spud_type types[] = {SPUD_TYPE_Q4_0, SPUD_TYPE_Q8_0, SPUD_TYPE_Q4_K, SPUD_TYPE_Q6_K,
+                               SPUD_TYPE_F32,  SPUD_TYPE_F16,  SPUD_TYPE_BF16};
+    const int64_t k = 768, n_out = 37, n = 19;
+    for (size_t ti_ = 0; ti_ < sizeof types / sizeof types[0]; ti_++) {
+        const spud_type t = types[ti_];
+        const spud_type_info *ti = spud_type_get(t);
+        buf wb = gemm_weights(t, k, (int)n_out, 3, false);
+        spud_weight w = {.type = t, .data = wb.p, .n_in = k, .n_out = n_out, .row_bytes = spud_row_size(t, k)};
+        float *x = malloc((size_t)(n * k) * sizeof(float));
+        fill(x, n * k, PAT_GAUSS, 9);
+        void *scratch = aligned_alloc(64, (spud_matmul_scratch_bytes(&w, n) + 63) & ~(size_t)63);
+        float *ya = malloc((size_t)(n * n_out) * sizeof(float)), *yb = malloc((size_t)(n * n_out) * sizeof(float));
+        spud_matmul(pool, &w, x, ya, n, scratch);
+        for (int64_t i = 0; i < n; i++) spud_matmul(pool, &w, x + i * k, yb + i * n_out, 1, scratch);
+        double *dw = malloc((size_t)k * sizeof(double)), *mw = malloc((size_t)k * sizeof(double));
+        const double nb = (double)(k / ti->block_size);
+        const double ng = ti->gemm_group ? (double)(k / ti->gemm_group) : nb;
+        /* the activations as the products see them (quantized for quantized weights) */
+        double *xd = malloc((size_t)(n * k) * sizeof(double));
+        buf q8 = buf_new(spud_row_size(ti->vec_dot_type, k), 4);
+        for (int64_t i = 0; i < n; i++) {
+            spud_type_get(ti->vec_dot_type)->from_float_ref(x + i * k, q8.p, k);
+            decode_row(ti->vec_dot_type, q8.p, k, xd + i * k);
+        }
+        buf_free(q8);
+        for (int64_t r = 0; r < n_out; r++) {
+            decode_row_magnitude(t, (const char *)wb.p + r * w.row_bytes, k, mw);
+            for (int64_t i = 0; i < n; i++) {
+                double mag = 0;
+                for (int64_t e = 0; e < k; e++) mag += mw[e] * fabs(xd[i * k + e]);
+                const double bound = (ti->is_quantized ? ng + nb + 16 : (double)k / 4 + 32) * FLT_EPSILON * mag;
+                cr_assert(fabs(ya[i * n_out + r] - yb[i * n_out + r]) <= bound, "%s row %lld col %lld: %.9g vs %.9g",
+                          ti->name, (long long)r, (long long)i, (double)ya[i * n_out + r], (double)yb[i * n_out + r]);
+            }
+        }
+        free(dw);
+        free(mw);
+        free(xd);
+        free(x);
+        free(scratch);
+        free(ya);
+        free(yb);
+        buf_free(wb);
+    }
+    spud_pool_free(pool);
+}
+
 static void check_f32_helpers(spud_dot_f32_fn dot, spud_axpy_f32_fn axpy, const char *name) {
     for (size_t li = 0; li < sizeof len1 / sizeof len1[0]; li++) {
         const int64_t n = len1[li];
@@ -1071,6 +1290,7 @@ Test(dispatch, picks_this_cpu) {
         if (ks->vec_dot[t]) cr_assert(ti->vec_dot == ks->vec_dot[t], "%s vec_dot dispatched", ti->name);
         if (ks->to_float[t]) cr_assert(ti->to_float == ks->to_float[t], "%s to_float dispatched", ti->name);
         if (ks->from_float[t]) cr_assert(ti->from_float == ks->from_float[t], "%s from_float dispatched", ti->name);
+        if (ks->gemm[t]) cr_assert(ti->gemm == ks->gemm[t] && ti->gemm_rows == ks->gemm_rows, "%s gemm dispatched", ti->name);
     }
 }
 

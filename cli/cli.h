@@ -11,6 +11,9 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_gen_model(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_convert_vocab(int argc, char **argv);
+int cmd_bench_tokenize(int argc, char **argv);
+int cmd_tokenize_jsonl(int argc, char **argv); /* spud tokenize --jsonl */
 int cmd_bench(int argc, char **argv);
 int cmd_template(int argc, char **argv);
 int cmd_chat(int argc, char **argv);

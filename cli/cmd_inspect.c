@@ -20,7 +20,8 @@ static const char *usage_info = "usage: spud info -m MODEL\n"
 static const char *usage_tokenize =
     "usage: spud tokenize -m MODEL [--no-bos] [--parse-special] (-p TEXT | -f FILE)\n"
     "Print the token ids of the text as a JSON array. BOS is added when the model's\n"
-    "metadata says so, unless --no-bos. Works on vocab-only GGUF files.\n";
+    "metadata says so, unless --no-bos. Works on vocab-only GGUF files.\n"
+    "spud tokenize --jsonl --help: many texts, one JSON line each.\n";
 static const char *usage_logits =
     "usage: spud logits -m MODEL (-p TEXT | -f FILE | --tokens 1,2,3) [--no-bos] [-t THREADS]\n"
     "Print {\"tokens\": [...], \"logits\": [...]}: the prompt's token ids and the\n"
@@ -99,6 +100,8 @@ static void print_ids(const int32_t *ids, size_t n) {
 }
 
 int cmd_tokenize(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--jsonl")) return cmd_tokenize_jsonl(argc, argv); /* cmd_bench_tokenize.c */
     inspect_opts o;
     int rc = parse_opts("tokenize", usage_tokenize, argc, argv, &o, true, false);
     if (rc >= 0) return rc;

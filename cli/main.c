@@ -16,6 +16,8 @@ static const struct {
     {"logits", cmd_logits, "print the last position's logits for a prompt (JSON)"},
     {"gen-model", cmd_gen_model, "write a random-weight model of any shape and type"},
     {"quantize", cmd_quantize, "convert an F32/F16/BF16 model to a quantized type"},
+    {"convert-vocab", cmd_convert_vocab, "write a vocab-only GGUF from a tokenizer.json or tiktoken file"},
+    {"bench-tokenize", cmd_bench_tokenize, "measure encode and decode speed of a vocabulary"},
     {"bench", cmd_bench, "measure prompt and generation speed, and memory bandwidth"},
     {"template", cmd_template, "print a conversation rendered with a chat template"},
     {"chat", cmd_chat, "chat with a model in the terminal"},

@@ -1,19 +1,26 @@
 /* tokenizer.h: text <-> token ids, loaded from a GGUF file's tokenizer.* metadata.
  *
- * Two families, chosen by tokenizer.ggml.model, both following llama.cpp
- * (commit c392e50) so that the ids match the reference tokenizers:
+ * Three families, chosen by tokenizer.ggml.model, matching the original
+ * tokenizers (Hugging Face tokenizers, tiktoken) token for token:
  *
  *   "gpt2"   byte-level BPE: the text is split into words by the pre-tokenizer
- *            regexes that tokenizer.ggml.pre names (PCRE2), each word's bytes are
- *            mapped to GPT-2's byte-to-unicode alphabet, and the merges of
- *            tokenizer.ggml.merges are applied by rank.
- *   "llama"  SentencePiece BPE: spaces become U+2581, a space is prepended
- *            (add_space_prefix), adjacent pieces are merged by token score, and
- *            what is left unknown falls back to the <0xAB> byte tokens.
+ *            that tokenizer.ggml.pre names (GPT-2, Llama 3 / cl100k, Qwen2 with
+ *            NFC, o200k / GPT-4o, DeepSeek V3, ... as llama.cpp names them), each
+ *            word's bytes are merged by the rank of tokenizer.ggml.merges.
+ *   "llama"  SentencePiece-style BPE: spaces become U+2581, one is prefixed when
+ *            tokenizer.ggml.add_space_prefix (default true), and pieces are
+ *            merged by merge rank when the file has tokenizer.ggml.merges
+ *            (converted from a tokenizer.json, as Llama 2 and Gemma 3), else by
+ *            token score (llama.cpp's files); unknown characters fall back to
+ *            the <0xAB> byte tokens.
+ *   "bert"   WordPiece (BERT, BGE): lowercase, accents stripped, split on white
+ *            space and punctuation, greedy longest match; word-start tokens are
+ *            spelled with a leading U+2581 (llama.cpp's form of "##").
  *
- * Special tokens: user-defined tokens are always cut out of the text before
- * the algorithm above runs; control (and unknown-type) tokens only when the
- * caller asks to parse special tokens.
+ * Special tokens: user-defined tokens (added tokens that are not special) are
+ * always cut out of the text before the algorithm above runs; control (and
+ * unknown-type) tokens only when the caller asks to parse special tokens, so
+ * user text never produces them by default. Matching is leftmost-longest.
  *
  * Usage:
  *
@@ -62,7 +69,7 @@ bool spud_tok_add_eos(const spud_tokenizer *t);
  * <|end|>, <end_of_turn>, <|endoftext|>, <|eom_id|> or <EOT>. */
 bool spud_tok_is_eog(const spud_tokenizer *t, int32_t id);
 bool spud_tok_is_control(const spud_tokenizer *t, int32_t id);
-const char *spud_tok_model(const spud_tokenizer *t); /* "gpt2" or "llama" */
+const char *spud_tok_model(const spud_tokenizer *t); /* "gpt2", "llama" or "bert" */
 const char *spud_tok_pre(const spud_tokenizer *t);   /* pre-tokenizer name; "default" if unnamed */
 /* The token's text as stored in the file (not decoded, NOT NUL-terminated);
  * NULL if id is out of range. */
@@ -73,27 +80,44 @@ size_t spud_tok_max_piece_len(const spud_tokenizer *t);
 /* Encode text[0..len) (any bytes; NUL and invalid UTF-8 included) to ids.
  * On success *ids is always an allocation (even for zero tokens) that the
  * caller frees with spud_free; on failure *ids is NULL and *n_ids 0.
- *   add_special:   prepend BOS / append EOS where the metadata asks for it
- *                  (skipped when the vocabulary has no such token).
+ *   add_special:   add what the metadata asks for: BOS (add_bos_token), EOS
+ *                  (add_eos_token); for "bert" [CLS] before and [SEP] after
+ *                  (add_bos_token, add_sep_token, both default true). Skipped
+ *                  when the vocabulary has no such token.
  *   parse_special: also recognise control-token text such as "<|im_start|>".
- * Invalid UTF-8, byte-level BPE: before pre-tokenizing, every byte that does
- * not start a structurally complete UTF-8 sequence becomes one U+FFFD (as
- * llama.cpp does); a complete sequence that is overlong, a surrogate or above
- * U+10FFFF also becomes one U+FFFD (llama.cpp re-encodes, passes or aborts on
- * those). SentencePiece: bytes are kept as they are and come out as byte
- * tokens, exactly as llama.cpp does (a byte without a <0xAB> token becomes the
- * unknown token, where llama.cpp throws). Time is O(n log n) in the text
- * length; SentencePiece text over about 1.4 GB gives SPUD_ERR_RANGE. */
+ * Invalid UTF-8 becomes U+FFFD first, one per maximal invalid subpart (what a
+ * UTF-8 decoder in replacement mode, such as JavaScript's TextDecoder or
+ * Python's errors="replace", gives the reference tokenizers). Time is linear
+ * in the text for realistic text (O(w log w) for a word of w bytes); memory is
+ * the ids plus at most a few copies of the longest run of text between special
+ * tokens, and about 40 bytes per byte of the longest single word. */
 spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t len,
                             bool add_special, bool parse_special, int32_t **ids, size_t *n_ids);
 
+/* Call fn for each word the model step sees, in order, without encoding:
+ * the pre-tokenizer's pieces ("gpt2", after UTF-8 repair and normalization),
+ * the U+2581-escaped segments ("llama"), the normalized words ("bert"). User-
+ * defined tokens are cut out as in spud_tok_encode; special tokens are not
+ * parsed. For tests and tools. */
+spud_status spud_tok_pre_tokenize(const spud_tokenizer *t, const char *text, size_t len,
+                                  void (*fn)(void *ud, const char *piece, size_t len), void *ud);
+
 /* The raw bytes of token id: GPT-2 byte mapping undone (a character outside
- * that alphabet is copied as it is), U+2581 -> space, <0xAB> byte tokens ->
- * the byte; control and unknown-type tokens give "" unless render_special;
- * unused/undefined-type tokens give "". Returns the full length and writes
+ * that alphabet is copied as it is), U+2581 -> space ("llama", "bert"),
+ * <0xAB> byte tokens -> the byte; control and unknown-type tokens give ""
+ * unless render_special; unused/undefined-type tokens give "". Returns the full length and writes
  * min(length, cap) bytes (no NUL). Out-of-range ids give 0. */
 size_t spud_tok_piece(const spud_tokenizer *t, int32_t id, bool render_special, char *buf,
                       size_t cap);
+
+/* Decode a whole sequence to text (allocated, NUL-terminated; free with
+ * spud_free): the pieces of spud_tok_piece concatenated, minus the leading
+ * space that SentencePiece's prefix ("llama" with add_space_prefix) or a
+ * WordPiece word start gives the first piece, as the reference decoders
+ * drop it. The bytes may be invalid UTF-8 when ids split a character.
+ * Out-of-range ids give SPUD_ERR_RANGE. */
+spud_status spud_tok_decode(const spud_tokenizer *t, const int32_t *ids, size_t n_ids, bool render_special,
+                            char **text, size_t *len);
 
 /* Streaming detokenizer: feed ids one at a time, get back only complete UTF-8.
  * A character split across tokens is held back until it is complete; a byte

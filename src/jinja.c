@@ -437,6 +437,12 @@ typedef struct {
 
 enum { FLOW_OK, FLOW_ERR, FLOW_BREAK, FLOW_CONTINUE };
 
+/* Messages are one line: control characters (from names in the template) become spaces. */
+static void one_line(char *m) {
+    for (; *m; m++)
+        if ((unsigned char)*m < 0x20 || *m == 0x7f) *m = ' ';
+}
+
 static bool fail(R *r, spud_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static bool fail(R *r, spud_status st, const char *fmt, ...) {
     if (r->failed) return false;
@@ -446,6 +452,7 @@ static bool fail(R *r, spud_status st, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(r->msg, sizeof r->msg, fmt, ap);
     va_end(ap);
+    one_line(r->msg);
     return false;
 }
 
@@ -966,6 +973,7 @@ static bool perr(P *p, int line, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(p->msg + k, sizeof p->msg - (size_t)k, fmt, ap);
     va_end(ap);
+    one_line(p->msg);
     return false;
 }
 
@@ -2946,7 +2954,7 @@ static bool binop(R *r, int op, value a, value b, value *out) {
             if (!step(r, (uint64_t)k * n + 1)) return false;
             jlist *l = list_new(r, n * (size_t)k);
             if (!l) return false;
-            for (int64_t i = 0; i < k; i++) memcpy(l->v + (size_t)i * n, a.u.l->v, n * sizeof(value));
+            for (int64_t i = 0; n && i < k; i++) memcpy(l->v + (size_t)i * n, a.u.l->v, n * sizeof(value));
             *out = v_list(l, a.flag);
             return true;
         }
@@ -3256,6 +3264,10 @@ static bool eval(R *r, const node *x, value *out) {
         return get_item(r, a, b, out);
     case E_SLICE: {
         value s = V_NONE, e = V_NONE, st = V_NONE;
+        if (!x->a) { /* a slice inside a tuple subscript, x[a:b, c]: no such item */
+            *out = undef_hint("slice objects as keys are not supported");
+            return true;
+        }
         if (!eval(r, x->a, &a)) return false;
         if (x->b && !eval(r, x->b, &s)) return false;
         if (x->c && !eval(r, x->c, &e)) return false;

@@ -201,3 +201,54 @@ Test(chat, chatml_default_and_tokens) {
     json_object_put(m);
     spud_chat_template_free(ct);
 }
+
+/* The fuzzer's crashers (tests/regress/jinja) and its seeds (fuzz/corpus/jinja),
+ * run as fuzz_jinja.c runs them: they must render or fail cleanly. */
+#include <dirent.h>
+
+static void replay_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d, "%s", dir);
+    json_object *defaults = json_tokener_parse(
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": [{\"type\": \"function\"}],"
+        " \"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}");
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !strcmp(e->d_name, "README.md")) continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        char *data;
+        size_t len;
+        cr_assert_eq(spud_read_file(path, &data, &len), SPUD_OK, "%s", path);
+        const char *nul = memchr(data, '\0', len);
+        size_t tlen = nul ? (size_t)(nul - data) : len;
+        json_object *vars = nul ? json_tokener_parse(nul + 1) : NULL;
+        if (vars && json_object_get_type(vars) != json_type_object) {
+            json_object_put(vars);
+            vars = NULL;
+        }
+        spud_jinja_template *t;
+        if (spud_jinja_parse(data, tlen, &t) == SPUD_OK) {
+            spud_jinja_opts o = {.max_steps = 200000, .max_output = 1 << 20, .max_memory = 64 << 20,
+                                 .now = 1721001600, .now_set = true};
+            char *out = NULL;
+            if (spud_jinja_render(t, vars ? vars : defaults, &o, &out, NULL) == SPUD_OK) spud_free(out);
+            else cr_expect(spud_last_error()[0] && !strchr(spud_last_error(), '\n'), "%s", path);
+            spud_jinja_free(t);
+        } else {
+            cr_expect(spud_last_error()[0] && !strchr(spud_last_error(), '\n'), "%s", path);
+        }
+        json_object_put(vars);
+        spud_free(data);
+        n++;
+    }
+    closedir(d);
+    json_object_put(defaults);
+    cr_assert_gt(n, 0, "no files in %s", dir);
+}
+
+Test(jinja, fuzz_regressions_and_seeds) {
+    replay_dir(SPUD_SOURCE_DIR "/tests/regress/jinja");
+    replay_dir(SPUD_SOURCE_DIR "/fuzz/corpus/jinja");
+}

@@ -23,6 +23,7 @@ static void template_usage(FILE *f) {
             "                        \"messages\" (and optionally \"tools\")\n"
             "  --tools FILE          OpenAI tools list (JSON array); `tools` is undefined without it\n"
             "  --no-generation-prompt   add_generation_prompt = false (default true)\n"
+            "  --time N              also render N more times and print the time per render to stderr\n"
             "strftime_now() uses SOURCE_DATE_EPOCH (UTC) when set. A template error, raise_exception()\n"
             "included, exits 1 with the message and the template line.\n");
 }
@@ -62,6 +63,7 @@ int cmd_template(int argc, char **argv) {
     const char *cmd = "template", *model_path = NULL, *tpl_path = NULL, *msg_path = NULL,
                *tools_path = NULL, *bos = NULL, *eos = NULL;
     bool add_gen = true;
+    int64_t n_time = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -84,6 +86,9 @@ int cmd_template(int argc, char **argv) {
             i++;
         } else if (!strcmp(a, "--no-generation-prompt")) {
             add_gen = false;
+        } else if (!strcmp(a, "--time")) {
+            if (!cli_parse_i64(cmd, a, val, 1, 100000000, &n_time)) return 2;
+            i++;
         } else {
             cli_error(cmd, "unknown option '%s' (see spud template --help)", a);
             return 2;
@@ -104,6 +109,7 @@ int cmd_template(int argc, char **argv) {
     char *out = NULL, *src = NULL;
     size_t out_len = 0, src_len = 0;
     spud_status st;
+    double t_parse = spud_time_s();
     if (model_path) {
         spud_gguf *g;
         if (spud_gguf_open(model_path, &g)) {
@@ -123,6 +129,7 @@ int cmd_template(int argc, char **argv) {
         cli_error(cmd, "%s", spud_last_error());
         goto done;
     }
+    t_parse = spud_time_s() - t_parse;
     if (!(msgs = read_json(cmd, msg_path))) goto done;
     if (json_object_get_type(msgs) == json_type_object) {
         json_object *m, *t;
@@ -143,6 +150,20 @@ int cmd_template(int argc, char **argv) {
     if (spud_chat_render_ex(ct, msgs, tools, add_gen, NULL, &out, &out_len)) {
         cli_error(cmd, "%s", spud_last_error());
         goto done;
+    }
+    if (n_time > 0) {
+        double t0 = spud_time_s();
+        for (int64_t k = 0; k < n_time; k++) {
+            char *again;
+            if (spud_chat_render_ex(ct, msgs, tools, add_gen, NULL, &again, NULL)) {
+                cli_error(cmd, "%s", spud_last_error());
+                goto done;
+            }
+            spud_free(again);
+        }
+        double dt = spud_time_s() - t0;
+        fprintf(stderr, "spud template: %zu bytes; parse %.1f us (with loading); render %.2f us per conversation (%lld renders)\n",
+                out_len, t_parse * 1e6, dt / (double)n_time * 1e6, (long long)n_time);
     }
     if (fwrite(out, 1, out_len, stdout) != out_len || fflush(stdout)) {
         cli_error(cmd, "write error");

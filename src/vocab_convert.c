@@ -293,7 +293,7 @@ static spud_status collect_splits(json_object *pt, const char **rx, int *n_rx, b
     }
     if (!strcmp(type, "Split")) {
         const char *r = jstr(jget(pt, "pattern"), "Regex");
-        bool present;
+        bool present = false;
         if (!r) return spud_errorf(SPUD_ERR_UNSUPPORTED, "Split pre-tokenizer without a regex");
         if (!jstr_eq(pt, "behavior", "Isolated") || jbool(pt, "invert", &present))
             return spud_errorf(SPUD_ERR_UNSUPPORTED, "Split pre-tokenizer with behavior '%s'%s",

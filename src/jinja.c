@@ -2589,7 +2589,8 @@ static bool frame_set(R *r, frame *f, const jstr *name, value v) {
 
 enum {
     FN_RANGE, FN_DICT, FN_NAMESPACE, FN_RAISE, FN_STRFTIME, FN_LIPSUM, FN_CYCLER, FN_JOINER,
-    FN_GLOBAL_COUNT
+    FN_GLOBAL_COUNT,
+    FN_JOINER_CALL = 50, /* a joiner object: self is a namespace holding its state */
 };
 static const char *const global_names[] = {"range", "dict", "namespace", "raise_exception",
                                            "strftime_now", "lipsum", "cycler", "joiner"};
@@ -3966,21 +3967,6 @@ fail:
     return false;
 }
 
-/* str.find / rfind / count in code points. */
-static int64_t str_find(const jstr *s, const jstr *sub, bool rev) {
-    const char *hit = NULL;
-    if (!rev) {
-        hit = sub->len == 0 ? s->s : memmem(s->s, s->len, sub->s, sub->len);
-    } else if (sub->len <= s->len) {
-        for (size_t j = s->len - sub->len + 1; j-- > 0;)
-            if (memcmp(s->s + j, sub->s, sub->len) == 0) {
-                hit = s->s + j;
-                break;
-            }
-    }
-    return hit ? (int64_t)u8_count(s->s, (size_t)(hit - s->s)) : -1;
-}
-
 static bool str_join(R *r, const jstr *sep, const value *items, size_t n, bool strict, value *out) {
     buf b = {0};
     for (size_t i = 0; i < n; i++) {
@@ -4113,7 +4099,7 @@ static bool percent_format(R *r, const jstr *fmt, value args, value *out) {
             goto fail;
         }
         char conv = fmt->s[i], tmp[512];
-        if (conv == 's' || conv == 'r') {
+        if (conv == 's' || conv == 'r' || conv == 'a') {
             buf sb = {0};
             bool ok = conv == 's' ? str_value(r, &sb, arg, 0) : repr_value(r, &sb, arg, 0);
             if (ok) ok = buf_put(r, &b, sb.p ? sb.p : "", sb.n);
@@ -4141,7 +4127,7 @@ static bool percent_format(R *r, const jstr *fmt, value args, value *out) {
             goto fail;
         }
     }
-    if (args.t != T_DICT && used < n && !(n == 1 && !is_seq(args))) {
+    if (args.t != T_DICT && used < n) {
         FAIL(r, "not all arguments converted during string formatting");
         goto fail;
     }
@@ -4333,14 +4319,50 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
             return true;
         }
         return get_attr(r, v, s[0].u.s, out);
+    case F_TITLE: {
+        /* jinja2's do_title, not str.title: words begin after runs of [-\s({[<],
+           each piece is piece[0].upper() + piece[1:].lower() */
+        NOARGS("title");
+        if (!soft_str(r, v, &str)) return false;
+        buf b = {0};
+        size_t i = 0;
+        while (i < str->len) {
+            size_t j = i;
+            bool sep_run = false;
+            for (;;) { /* a run of separators is its own piece */
+                if (j >= str->len) break;
+                bool sep = strchr("-({[<", str->s[j]) != NULL || space_at(str->s, str->len, j);
+                if (j == i) sep_run = sep;
+                else if (sep != sep_run) break;
+                int32_t c;
+                j += (size_t)u8_dec(str->s + j, str->len - j, &c);
+            }
+            value a, bb;
+            jstr *head, *tail;
+            int32_t c0;
+            size_t k0 = (size_t)u8_dec(str->s + i, str->len - i, &c0);
+            if (!(head = str_new(r, str->s + i, k0, false)) || !(tail = str_new(r, str->s + i + k0, j - i - k0, false)) ||
+                !str_case(r, head, CASE_UPPER, &a) || !str_case(r, tail, CASE_LOWER, &bb) ||
+                !buf_put(r, &b, a.u.s->s, a.u.s->len) || !buf_put(r, &b, bb.u.s->s, bb.u.s->len))
+                goto title_fail;
+            i = j;
+        }
+        {
+            jstr *res = buf_finish(r, &b, str->safe);
+            if (!res) return false;
+            *out = v_str(res);
+            return true;
+        }
+    title_fail:
+        buf_free(&b);
+        return false;
+    }
     case F_CAPITALIZE:
     case F_LOWER:
     case F_UPPER:
-    case F_TITLE:
         NOARGS(name->s);
         if (!soft_str(r, v, &str)) return false;
-        return str_case(r, str, id == F_CAPITALIZE ? CASE_CAPITALIZE : id == F_LOWER ? CASE_LOWER
-                                : id == F_UPPER ? CASE_UPPER : CASE_TITLE, out);
+        return str_case(r, str, id == F_CAPITALIZE ? CASE_CAPITALIZE : id == F_LOWER ? CASE_LOWER : CASE_UPPER, out);
     case F_COUNT:
     case F_LENGTH: {
         NOARGS(name->s);
@@ -4411,6 +4433,7 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
     }
     case F_FLOAT:
         BIND("float", "default");
+        if (v.t == T_UNDEF) return undef_error(r, v);
         if (is_num(v)) *out = v_float(as_f(v));
         else if (v.t == T_STR && parse_pyfloat(v.u.s, &out->u.f)) out->t = T_FLOAT;
         else *out = given(s[0]) ? s[0] : v_float(0.0);
@@ -4484,6 +4507,7 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
         BIND("int", "default", "base");
         int64_t base = given(s[1]) ? (s[1].t == T_INT ? s[1].u.i : -1) : 10;
         value def = given(s[0]) ? s[0] : v_int(0);
+        if (v.t == T_UNDEF) return undef_error(r, v);
         if (v.t == T_STR) {
             int64_t iv;
             double fv;
@@ -4612,7 +4636,9 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
     }
     case F_ROUND: {
         BIND("round", "precision", "method");
-        int64_t prec = given(s[0]) ? (s[0].t == T_INT || s[0].t == T_BOOL ? as_int(s[0]) : 0) : 0;
+        if (given(s[0]) && s[0].t != T_INT && s[0].t != T_BOOL)
+            return FAIL(r, "'%s' object cannot be interpreted as an integer", tname(s[0]));
+        int64_t prec = given(s[0]) ? as_int(s[0]) : 0;
         const char *method = "common";
         if (given(s[1])) {
             if (s[1].t != T_STR) return FAIL(r, "method must be common, ceil or floor");
@@ -4787,7 +4813,11 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
 static bool filter_map(R *r, value seq, args_t *a, value *out) {
     const value *items = NULL;
     size_t n = 0;
-    if (truthy(seq) && !iterate(r, seq, &items, &n)) return false; /* `if value:` in jinja2 */
+    if (!truthy(seq)) { /* `if value:` in jinja2: nothing is checked then */
+        *out = list_value(r, NULL, 0, L_GEN);
+        return out->t == T_LIST;
+    }
+    if (!iterate(r, seq, &items, &n)) return false;
     value *res = n ? ralloc(r, n * sizeof *res) : NULL;
     if (n && !res) return false;
     value attr = {.t = MISSING}, def = {.t = MISSING};
@@ -4822,7 +4852,11 @@ static bool filter_map(R *r, value seq, args_t *a, value *out) {
 static bool select_items(R *r, value seq, args_t *a, bool by_attr, bool keep, value *out) {
     const value *items = NULL;
     size_t n = 0;
-    if (truthy(seq) && !iterate(r, seq, &items, &n)) return false; /* `if value:` in jinja2 */
+    if (!truthy(seq)) { /* `if value:` in jinja2: nothing is checked then */
+        *out = list_value(r, NULL, 0, L_GEN);
+        return out->t == T_LIST;
+    }
+    if (!iterate(r, seq, &items, &n)) return false;
     if (a->nkw) return FAIL(r, "select/reject filters take no keyword arguments");
     size_t first = 0;
     value attr = V_UNDEF;
@@ -4869,6 +4903,8 @@ static bool apply_test(R *r, int id, const jstr *name, value v, args_t *a, bool 
     bool has_arg = a->npos > 0;
     int o;
     if (a->nkw) return FAIL(r, "test '%s' takes no keyword arguments", name->s);
+    size_t want = id == TS_DIVISIBLEBY || id == TS_SAMEAS || id == TS_IN || id >= TS_EQ1 ? 1 : 0;
+    if (a->npos != want) return FAIL(r, "test '%s' takes %zu argument(s), %zu given", name->s, want, a->npos);
     switch (id) {
     case TS_ODD:
     case TS_EVEN:
@@ -5038,8 +5074,59 @@ static bool call_global(R *r, int id, args_t *a, value *out) {
         size_t n = fmt->len ? strftime(tmp, cap, fmt->s, &tm) : 0;
         return mk_str(r, tmp, n, false, out);
     }
+    case FN_JOINER: {
+        static const char *const params[] = {"sep"};
+        value s[1];
+        if (!bind(r, "joiner", params, 1, a, 0, s)) return false;
+        jns *st = ralloc(r, sizeof *st);
+        if (!st) return false;
+        memset(st, 0, sizeof *st);
+        value sep = s[0];
+        if (!given(sep) && !mk_str(r, ", ", 2, false, &sep)) return false;
+        JSTR_LIT(k_sep, "sep");
+        if (!dict_set(r, &st->d, v_str(k_sep), sep)) return false;
+        return make_func(r, FN_JOINER_CALL, (value){.t = T_NS, .u.ns = st}, out);
+    }
     default: return FAIL(r, "'%s' is not supported by spud", global_names[id]);
     }
+}
+
+/* joiner(): '' the first time it is called, then sep */
+static bool call_joiner(R *r, value self, args_t *a, value *out) {
+    if (a->npos || a->nkw) return FAIL(r, "joiner takes no arguments");
+    jdict *d = &self.u.ns->d;
+    JSTR_LIT(k_used, "used");
+    value used;
+    if (get_attr(r, self, k_used, &used) && used.t == T_BOOL) {
+        *out = d->v[0];
+        return true;
+    }
+    if (!dict_set(r, d, v_str(k_used), v_bool(true))) return false;
+    return mk_str(r, "", 0, false, out);
+}
+
+/* Python's optional start/end arguments of str.find & co.: the byte range
+ * [*bs, *be) of s they select, and the code point index *cs of *bs. */
+static bool str_range(R *r, const jstr *s, value vs, value ve, size_t *bs, size_t *be, int64_t *cs) {
+    int64_t n = (int64_t)u8_count(s->s, s->len), lo = 0, hi = n;
+    for (int k = 0; k < 2; k++) {
+        value v = k ? ve : vs;
+        if (!given(v) || v.t == T_NONE) continue;
+        if (v.t != T_INT && v.t != T_BOOL) return FAIL(r, "slice indices must be integers or None");
+        int64_t x = as_int(v);
+        if (x < 0) x = x + n < 0 ? 0 : x + n;
+        if (k) hi = x > n ? n : x;
+        else lo = x;
+    }
+    if (lo > n || lo > hi) { /* empty range (start past the end) */
+        *bs = *be = s->len;
+        *cs = lo;
+        return true;
+    }
+    *bs = cp_offset(s, (size_t)lo);
+    *be = cp_offset(s, (size_t)hi);
+    *cs = lo;
+    return true;
 }
 
 static bool call_method(R *r, int id, value self, args_t *a, value *out) {
@@ -5060,7 +5147,10 @@ static bool call_method(R *r, int id, value self, args_t *a, value *out) {
     case M_ENDSWITH: {
         MBIND(id == M_STARTSWITH ? "startswith" : "endswith", "prefix", "start", "end");
         if (!given(s[0])) return FAIL(r, "startswith() takes at least 1 argument (0 given)");
-        if (given(s[1]) || given(s[2])) return FAIL(r, "startswith/endswith start and end are not supported by spud");
+        size_t bs, be;
+        int64_t cs;
+        if (!str_range(r, str, s[1], s[2], &bs, &be, &cs)) return false;
+        bool empty_range = cs > (int64_t)u8_count(str->s, str->len);
         const value *cands = &s[0];
         size_t n = 1;
         if (is_seq(s[0]) && s[0].flag == L_TUPLE) {
@@ -5073,8 +5163,8 @@ static bool call_method(R *r, int id, value self, args_t *a, value *out) {
                 return FAIL(r, "%s first arg must be str or a tuple of str, not %s",
                             id == M_STARTSWITH ? "startswith" : "endswith", tname(cands[i]));
             const jstr *p = cands[i].u.s;
-            if (p->len <= str->len &&
-                memcmp(str->s + (id == M_STARTSWITH ? 0 : str->len - p->len), p->s, p->len) == 0)
+            if (!empty_range && p->len <= be - bs &&
+                memcmp(str->s + (id == M_STARTSWITH ? bs : be - p->len), p->s, p->len) == 0)
                 *out = v_bool(true);
         }
         return true;
@@ -5131,21 +5221,39 @@ static bool call_method(R *r, int id, value self, args_t *a, value *out) {
     case M_INDEX:
     case M_RINDEX:
     case M_COUNT: {
-        MBIND("find", "sub");
-        if (!given(s[0]) || s[0].t != T_STR) return FAIL(r, "must be str");
+        MBIND("find", "sub", "start", "end");
+        if (!given(s[0]) || s[0].t != T_STR) return FAIL(r, "must be str, not %s", given(s[0]) ? tname(s[0]) : "nothing");
         if (!step(r, str->len / 64)) return false;
+        size_t bs, be;
+        int64_t cs;
+        if (!str_range(r, str, s[1], s[2], &bs, &be, &cs)) return false;
+        bool past_end = cs > (int64_t)u8_count(str->s, str->len);
+        const jstr *sub = s[0].u.s;
+        const char *base = str->s + bs;
+        size_t len = be - bs;
         if (id == M_COUNT) {
-            const jstr *sub = s[0].u.s;
             int64_t c = 0;
-            if (sub->len == 0) {
-                c = (int64_t)u8_count(str->s, str->len) + 1;
-            } else {
-                for (const char *p = str->s; (p = memmem(p, (size_t)(str->s + str->len - p), sub->s, sub->len)); p += sub->len) c++;
-            }
+            if (past_end) c = 0;
+            else if (sub->len == 0) c = (int64_t)u8_count(base, len) + 1;
+            else
+                for (const char *p = base; (p = memmem(p, (size_t)(base + len - p), sub->s, sub->len)); p += sub->len) c++;
             *out = v_int(c);
             return true;
         }
-        int64_t at = str_find(str, s[0].u.s, id == M_RFIND || id == M_RINDEX);
+        int64_t at = -1;
+        if (!past_end) {
+            const char *hit = NULL;
+            if (id == M_FIND || id == M_INDEX) {
+                hit = sub->len == 0 ? base : memmem(base, len, sub->s, sub->len);
+            } else if (sub->len <= len) {
+                for (size_t j = len - sub->len + 1; j-- > 0;)
+                    if (memcmp(base + j, sub->s, sub->len) == 0) {
+                        hit = base + j;
+                        break;
+                    }
+            }
+            if (hit) at = cs + (int64_t)u8_count(base, (size_t)(hit - base));
+        }
         if (at < 0 && (id == M_INDEX || id == M_RINDEX)) return FAIL(r, "substring not found");
         *out = v_int(at);
         return true;
@@ -5251,6 +5359,7 @@ static bool call_method(R *r, int id, value self, args_t *a, value *out) {
 }
 
 static bool call_func(R *r, jfunc *fn, args_t *a, value *out) {
+    if (fn->id == FN_JOINER_CALL) return call_joiner(r, fn->self, a, out);
     if (fn->id < M_NONE) return call_global(r, fn->id, a, out);
     return call_method(r, fn->id, fn->self, a, out);
 }

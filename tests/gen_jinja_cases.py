@@ -110,6 +110,10 @@ CASES = [
     "{{ {'a': 1}|tojson(separators=(',', ':')) }}|{{ {1: 'x', none: 2, true: 3}|tojson }}|{{ 1e100|tojson }}|{{ (1, 2)|tojson }}",
     "{{ d|attr('b') }}|{{ 'a-b-c'|wordcount }}|{{ '%s is %d'|format('x', 3) }}|{{ '%s' % 'y' }}|{{ '%(a)s!' % {'a': 1} }}",
     "{{ l|select('odd')|list }}|{{ l|reject('odd')|list }}|{{ [0, 1, '', 'a']|select|list }}|{{ l|select('greaterthan', 1)|list }}",
+    "{{ '!=lo ,orld x-y(z [a {b <c'|title }}|{{ 'hello WORLD'.title() }}|{{ 'ß'|title }}",
+    "{{ 'hello'.find('l', 3) }}{{ 'hello'.find('l', -2) }}{{ 'hello'.rfind('l', 0, 3) }}{{ 'hello'.count('l', 3) }}{{ 'hello'.find('', 9) }}{{ 'hello'.startswith('ll', 2) }}{{ 'hello'.endswith('l', 0, 4) }}{{ 'héllo'.find('l', 2) }}",
+    "{% set j = joiner(' | ') %}{% for x in l %}{{ j() }}{{ x }}{% endfor %}",
+    "{{ []|map()|list }}|{{ none|select('nosuchtest')|list }}|{{ ''|map('nosuchfilter')|list }}",
     # tests
     "{{ n is defined }}{{ undefined_var is defined }}{{ undefined_var is undefined }}{{ z is none }}{{ n is number }}{{ f is float }}{{ n is integer }}{{ t is boolean }}{{ s is string }}{{ d is mapping }}{{ l is iterable }}{{ s is iterable }}{{ n is iterable }}",
     "{{ l is sequence }}{{ d is sequence }}{{ 3 is odd }}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 1 is in l }}{{ 'x' is lower }}{{ 'X' is upper }}{{ t is true }}{{ z is false }}{{ n is eq 3 }}{{ n is gt 2 }}{{ n is lt 2 }}{{ n is not none }}{{ undefined_var is iterable }}",
@@ -173,6 +177,13 @@ CASES = [
     "{% raw %}unclosed raw",
     "{{ (1 }}",
     "{{ n.a.b }}",
+    "{{ undefined_var|int }}",
+    "{{ undefined_var|float }}",
+    "{{ 2.5|round(undefined_var) }}",
+    "{{ 'a' % 'x' }}",
+    "{{ n is callable 1 }}",
+    "{{ n is eq }}",
+    "{{ l|select('nosuchtest')|list }}",
 ]
 
 

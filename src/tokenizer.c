@@ -1416,6 +1416,13 @@ typedef struct {
     uint32_t n_words, n_ids;
 } word_cache;
 
+#define PAIR_CACHE_BITS 9
+
+typedef struct {
+    uint64_t key; /* (a << 32 | b); UINT64_MAX: empty */
+    int32_t rank;
+} pair_cache_slot;
+
 /* Per-call scratch; grows geometrically and is reused across words. */
 typedef struct {
     int32_t *ids;
@@ -1441,6 +1448,7 @@ typedef struct {
     pcre2_match_data *md;
     word_cache wc;
     bool use_cache;
+    pair_cache_slot *pair_cache; /* (1 << PAIR_CACHE_BITS), set up with sym */
     /* spud_tok_pre_tokenize: report words instead of encoding them */
     void (*collect)(void *ud, const char *piece, size_t len);
     void *collect_ud;
@@ -1461,6 +1469,7 @@ static void scratch_free(scratch *s) {
     spud_free(s->wc.slots);
     spud_free(s->wc.words);
     spud_free(s->wc.ids);
+    spud_free(s->pair_cache);
 }
 
 static bool push_id(scratch *s, int32_t id) {
@@ -1517,9 +1526,17 @@ static void wc_put(scratch *s, const uint8_t *w, size_t n, uint64_t h, const int
 
 /* -- merging by rank (byte-level BPE; SentencePiece with merges) -- */
 
-static inline int32_t pair_rank(const spud_tokenizer *t, int32_t a, int32_t b) {
+/* Rank of merging ids a and b (-1: none), through a small direct-mapped
+ * cache of recent pairs: long words (runs of one character, of spaces)
+ * repeat a few pairs very often, and the merge map is large. */
+static inline int32_t pair_rank(const spud_tokenizer *t, scratch *s, int32_t a, int32_t b) {
     if (a < 0 || b < 0) return -1;
-    return u64map_get(&t->merge_rank, (uint64_t)(uint32_t)a << 32 | (uint32_t)b);
+    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    pair_cache_slot *c = &s->pair_cache[(key * 0x9E3779B97F4A7C15ull) >> (64 - PAIR_CACHE_BITS)];
+    if (c->key == key) return c->rank;
+    c->key = key;
+    c->rank = u64map_get(&t->merge_rank, key);
+    return c->rank;
 }
 
 static void heap_push(uint64_t *h, size_t *n, uint64_t v) {
@@ -1551,7 +1568,7 @@ static uint64_t heap_pop(uint64_t *h, size_t *n) {
 static bool heap_try_pair(const spud_tokenizer *t, scratch *s, size_t *nh, int32_t left) {
     const bpe_sym *l = &s->sym[left];
     if (l->next < 0) return true;
-    int32_t r = pair_rank(t, l->id, s->sym[l->next].id);
+    int32_t r = pair_rank(t, s, l->id, s->sym[l->next].id);
     if (r < 0) return true;
     if (*nh == s->cap_heap && !grow(&s->heap, &s->cap_heap, *nh + 1, sizeof *s->heap)) return false;
     heap_push(s->heap, nh, (uint64_t)(uint32_t)r << 32 | (uint32_t)left);
@@ -1571,7 +1588,7 @@ static bool merge_symbols(const spud_tokenizer *t, scratch *s, size_t m) {
     if (m <= SMALL_WORD) {
         int32_t *id = s->rank + SMALL_WORD, *rank = s->rank, idx[SMALL_WORD];
         for (size_t k = 0; k < m; k++) id[k] = sym[k].id, idx[k] = (int32_t)k;
-        for (size_t k = 0; k + 1 < m; k++) rank[k] = pair_rank(t, id[k], id[k + 1]);
+        for (size_t k = 0; k + 1 < m; k++) rank[k] = pair_rank(t, s, id[k], id[k + 1]);
         while (m > 1) {
             int32_t best = INT32_MAX;
             size_t bk = 0;
@@ -1585,8 +1602,8 @@ static bool merge_symbols(const spud_tokenizer *t, scratch *s, size_t m) {
             memmove(idx + bk + 1, idx + bk + 2, tail * sizeof *idx);
             if (tail) memmove(rank + bk + 1, rank + bk + 2, (tail - 1) * sizeof *rank);
             m--;
-            if (bk > 0) rank[bk - 1] = pair_rank(t, id[bk - 1], id[bk]);
-            if (bk + 1 < m) rank[bk] = pair_rank(t, id[bk], id[bk + 1]);
+            if (bk > 0) rank[bk - 1] = pair_rank(t, s, id[bk - 1], id[bk]);
+            if (bk + 1 < m) rank[bk] = pair_rank(t, s, id[bk], id[bk + 1]);
         }
         /* write the survivors back as a chain over the first m slots */
         for (size_t k = 0; k < m; k++) {
@@ -1619,6 +1636,11 @@ static bool merge_symbols(const spud_tokenizer *t, scratch *s, size_t m) {
 }
 
 static bool sym_room(scratch *s, size_t m) {
+    if (!s->pair_cache) {
+        s->pair_cache = spud_malloc(sizeof *s->pair_cache << PAIR_CACHE_BITS);
+        if (!s->pair_cache) return false;
+        for (size_t i = 0; i < (size_t)1 << PAIR_CACHE_BITS; i++) s->pair_cache[i] = (pair_cache_slot){UINT64_MAX, -1};
+    }
     return grow(&s->sym, &s->cap_sym, m, sizeof *s->sym) &&
            (s->rank || grow(&s->rank, &s->cap_rank, 2 * SMALL_WORD, sizeof *s->rank));
 }
@@ -2275,11 +2297,39 @@ static spud_status wpm_fragment(const spud_tokenizer *t, scratch *s, const uint8
 
 /* -- one raw fragment (no special tokens inside) -- */
 
+#define BLOCK_BYTES (1u << 20)
+
+/* Where a long fragment may be cut without changing any result: just after
+ * a '\n' that an ASCII letter follows. Every pre-tokenizer here ends a piece
+ * at such a '\n' (none glues a newline to a following letter), NFC cannot
+ * reach across an ASCII letter, and WordPiece splits at white space. Cutting
+ * there bounds the copies that UTF-8 repair and NFC make. */
+static size_t block_end(const uint8_t *p, size_t n) {
+    if (n <= BLOCK_BYTES) return n;
+    for (size_t i = BLOCK_BYTES; i + 1 < n; i++) {
+        if (p[i - 1] == '\n' && ascii_alpha(p[i])) return i;
+    }
+    return n;
+}
+
+static spud_status raw_block(const spud_tokenizer *t, scratch *s, const uint8_t *p, size_t n, bool prefix);
+
 static spud_status raw_fragment(const spud_tokenizer *t, scratch *s, const uint8_t *p, size_t n, bool *prev_special) {
-    spud_status st;
     if (n == 0) return SPUD_OK;
     bool prefix = *prev_special && t->add_space_prefix;
     *prev_special = false;
+    if (t->kind == TOK_SPM) return raw_block(t, s, p, n, prefix);
+    for (size_t done = 0; done < n;) {
+        size_t k = block_end(p + done, n - done);
+        spud_status st = raw_block(t, s, p + done, k, false);
+        if (st) return st;
+        done += k;
+    }
+    return SPUD_OK;
+}
+
+static spud_status raw_block(const spud_tokenizer *t, scratch *s, const uint8_t *p, size_t n, bool prefix) {
+    spud_status st;
     if ((st = make_valid(s, &p, &n))) return st;
     if (t->kind == TOK_WPM) return wpm_fragment(t, s, p, n);
     if (t->nfc && (st = make_nfc(s, &p, &n))) return st;
@@ -2395,12 +2445,14 @@ spud_status spud_tok_decode(const spud_tokenizer *t, const int32_t *ids, size_t 
     *text = NULL;
     *len = 0;
     if (!t || (!ids && n_ids)) return spud_errorf(SPUD_ERR_INVALID, "spud_tok_decode: no tokenizer or ids");
+    uint16_t skip = render_special ? 0 : ATTR_CONTROL | ATTR_UNKNOWN;
     uint64_t total = 0;
     for (size_t i = 0; i < n_ids; i++) {
-        if (ids[i] < 0 || ids[i] >= t->n_vocab)
-            return spud_errorf(SPUD_ERR_RANGE, "token id %d is out of range (vocabulary of %d tokens)", ids[i],
+        int32_t id = ids[i];
+        if (id < 0 || id >= t->n_vocab)
+            return spud_errorf(SPUD_ERR_RANGE, "token id %d is out of range (vocabulary of %d tokens)", id,
                                t->n_vocab);
-        total += spud_tok_piece(t, ids[i], render_special, NULL, 0);
+        if (!(t->attr[id] & skip)) total += t->piece_off[id + 1] - t->piece_off[id];
     }
     if (total >= SIZE_MAX) return nomem();
     char *out = spud_malloc((size_t)total + 1);
@@ -2408,18 +2460,20 @@ spud_status spud_tok_decode(const spud_tokenizer *t, const int32_t *ids, size_t 
     size_t o = 0;
     bool first = true;
     for (size_t i = 0; i < n_ids; i++) {
-        size_t k = spud_tok_piece(t, ids[i], render_special, out + o, (size_t)total - o);
+        int32_t id = ids[i];
+        if (t->attr[id] & skip) continue;
+        const char *piece = t->piece_blob + t->piece_off[id];
+        size_t k = (size_t)(t->piece_off[id + 1] - t->piece_off[id]);
         /* SentencePiece's prefixed space and WordPiece's word-start mark come
          * back as a leading space: drop it from the first piece that has
          * text, as the reference decoders do */
         if (first && k > 0) {
             first = false;
-            bool normal = (t->attr[ids[i]] & ATTR_NORMAL) != 0;
-            if (normal && out[o] == ' ' && ((t->kind == TOK_SPM && t->add_space_prefix) || t->kind == TOK_WPM)) {
-                memmove(out + o, out + o + 1, k - 1);
-                k--;
-            }
+            if ((t->attr[id] & ATTR_NORMAL) && piece[0] == ' ' &&
+                ((t->kind == TOK_SPM && t->add_space_prefix) || t->kind == TOK_WPM))
+                piece++, k--;
         }
+        memcpy(out + o, piece, k);
         o += k;
     }
     out[o] = 0;

@@ -722,12 +722,13 @@ static spud_status parse_ranks(const char *s, size_t n, bool npm, rank_table *r)
             }
             if ((st = ranks_set(r, next++, s + a, i - a))) return st;
         } else {
+            size_t b64_len = i - a;
             while (i < n && s[i] == ' ') i++;
             char *end;
             int64_t rank = strtoll(s + i, &end, 10);
             if (end == s + i) return spud_errorf(SPUD_ERR_FORMAT, "tiktoken: a line without a rank");
             i = (size_t)(end - s);
-            if ((st = ranks_set(r, rank, s + a, i - a))) return st;
+            if ((st = ranks_set(r, rank, s + a, b64_len))) return st;
         }
     }
     while (r->n > 0 && !r->bytes[r->n - 1]) r->n--;

@@ -26,7 +26,7 @@
 static void bench_usage(FILE *f) {
     fprintf(f,
             "usage: spud bench -m MODEL [-p N] [-n N] [-t THREADS] [-r REPS] [--ctx-depth D[,D...]]\n"
-            "                  [--real-depth] [--json]\n"
+            "                  [--real-depth] [--kv-type f16|f32] [--json]\n"
             "       spud bench --memory [-t THREADS] [-r REPS] [--json]\n"
             "Measure prompt processing (pp: one batch of N tokens) and generation (tg: N tokens,\n"
             "one decode call each), as tokens/s mean and standard deviation over REPS runs after\n"
@@ -39,6 +39,7 @@ static void bench_usage(FILE *f) {
             "  -r REPS         repetitions (default 3)\n"
             "  --ctx-depth D   positions already in the cache (default 0; a comma list runs each)\n"
             "  --real-depth    fill the depth by decoding tokens (default: synthetic cache rows)\n"
+            "  --kv-type T     KV cache element type: f16 or f32 (default: the library's choice)\n"
             "  --memory        measure memory read bandwidth instead (the f32 dot kernel streaming\n"
             "                  a 1 GiB buffer, split over the threads)\n"
             "  --json          one JSON object on stdout\n");
@@ -232,6 +233,7 @@ int cmd_bench(int argc, char **argv) {
     uint32_t depths[BENCH_MAX_DEPTHS] = {0};
     int n_depths = 1;
     bool json = false, memory = false, real_depth = false;
+    spud_kv_type kv_type = SPUD_KV_AUTO;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -278,6 +280,16 @@ int cmd_bench(int argc, char **argv) {
                 cli_error(cmd, "%s needs a value", a);
                 return 2;
             }
+        } else if (!strcmp(a, "--kv-type")) {
+            NEEDS_VALUE;
+            if (!strcmp(val, "f16")) {
+                kv_type = SPUD_KV_F16;
+            } else if (!strcmp(val, "f32")) {
+                kv_type = SPUD_KV_F32;
+            } else {
+                cli_error(cmd, "bad value for --kv-type: '%s' (f16 or f32)", val);
+                return 2;
+            }
         } else if (!strcmp(a, "--real-depth")) {
             real_depth = true;
         } else if (!strcmp(a, "--memory")) {
@@ -320,7 +332,10 @@ int cmd_bench(int argc, char **argv) {
     }
     t_load = spud_time_s() - t_load;
     uint64_t n_ctx = (uint64_t)max_depth + (uint64_t)(n_prompt > n_gen ? n_prompt : n_gen) + 1;
-    if (n_ctx > UINT32_MAX || spud_ctx_new(model, (uint32_t)n_ctx, &ctx)) {
+    spud_ctx_params cp = spud_ctx_default_params();
+    cp.n_ctx = (uint32_t)n_ctx;
+    cp.kv_type = kv_type;
+    if (n_ctx > UINT32_MAX || spud_ctx_new_params(model, &cp, &ctx)) {
         cli_error(cmd, "%s", spud_last_error());
         goto done;
     }
@@ -337,10 +352,10 @@ int cmd_bench(int argc, char **argv) {
     const char *isa = spud_kernels_init(false);
     const int nth = spud_pool_n_threads(ctx->pool);
     if (!json)
-        fprintf(stderr, "bench: %s: %s, %.2f B params, weights %.3f GB read per token, KV %.1f KB per position; "
+        fprintf(stderr, "bench: %s: %s, %.2f B params, weights %.3f GB read per token, KV %.1f KB per position (%s); "
                         "%d threads, %s kernels\n",
                 model_path, types, (double)model->n_params / 1e9, (double)wbytes / 1e9, (double)kv_tok / 1e3,
-                nth, isa);
+                spud_type_name(ctx->kv_type), nth, isa);
 
     for (int d = 0; d < n_depths; d++) {
         const uint32_t depth = depths[d];
@@ -400,10 +415,10 @@ int cmd_bench(int argc, char **argv) {
             if ((unsigned char)*p >= 0x20) putchar(*p);
         }
         printf("\",\"types\":\"%s\",\"n_params\":%llu,\"weight_bytes_per_token\":%llu,"
-               "\"kv_bytes_per_position\":%llu,\"threads\":%d,\"isa\":\"%s\",\"reps\":%lld,"
+               "\"kv_bytes_per_position\":%llu,\"kv_type\":\"%s\",\"threads\":%d,\"isa\":\"%s\",\"reps\":%lld,"
                "\"synthetic_depth\":%s,\"load_s\":%.3f,\"tests\":[",
                types, (unsigned long long)model->n_params, (unsigned long long)wbytes,
-               (unsigned long long)kv_tok, nth, isa, (long long)reps, real_depth ? "false" : "true", t_load);
+               (unsigned long long)kv_tok, spud_type_name(ctx->kv_type), nth, isa, (long long)reps, real_depth ? "false" : "true", t_load);
         for (int i = 0; i < n_results; i++) {
             const bench_result *r = &results[i];
             printf("%s{\"test\":\"%s\",\"depth\":%u,\"tps\":%.3f,\"tps_sd\":%.3f,\"tps_min\":%.3f,"

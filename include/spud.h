@@ -68,7 +68,7 @@ void spud_model_free(spud_model *m);
 int32_t spud_model_n_vocab(const spud_model *m);
 int32_t spud_model_n_embd(const spud_model *m);
 uint32_t spud_model_n_ctx_train(const spud_model *m);
-/* Bytes of KV cache one token of context costs. */
+/* Bytes of KV cache one token of context costs (with the default KV type). */
 uint64_t spud_model_kv_bytes_per_token(const spud_model *m);
 
 /* ---- tokenizer (part of the model) ---- */
@@ -94,6 +94,22 @@ spud_status spud_ctx_new(const spud_model *m, uint32_t n_ctx, spud_ctx **out);
  * cache (n_seq * n_ctx * spud_model_kv_bytes_per_token bytes) is allocated
  * up front; a size that does not fit in memory is refused. */
 spud_status spud_ctx_new_multi(const spud_model *m, uint32_t n_ctx, uint32_t n_seq, spud_ctx **out);
+/* Element type of the KV cache. AUTO (the default of every constructor): f16
+ * when the model's K and V projections are quantized (their inputs are
+ * rounded to 8 bits already), f32 when they are float (F32, F16, BF16: spud
+ * keeps those activations in f32). The environment variable
+ * SPUD_KV_TYPE=f32|f16 overrides AUTO. f16 halves the cache's memory and the
+ * bandwidth attention needs. */
+typedef enum { SPUD_KV_AUTO = 0, SPUD_KV_F32, SPUD_KV_F16 } spud_kv_type;
+typedef struct {
+    uint32_t n_ctx; /* positions per sequence (0: the training context) */
+    uint32_t n_seq; /* sequences (0: 1) */
+    spud_kv_type kv_type;
+} spud_ctx_params;
+spud_ctx_params spud_ctx_default_params(void);
+spud_status spud_ctx_new_params(const spud_model *m, const spud_ctx_params *p, spud_ctx **out);
+/* Bytes of this context's KV cache per position of one sequence. */
+uint64_t spud_ctx_kv_bytes_per_token(const spud_ctx *c);
 void spud_ctx_free(spud_ctx *c);
 uint32_t spud_ctx_n_ctx(const spud_ctx *c);
 uint32_t spud_ctx_n_seq(const spud_ctx *c);

@@ -13,6 +13,7 @@
  * add is fused into the next norm. Nothing is allocated here.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "model.h"
@@ -22,6 +23,8 @@ typedef struct {
     const spud_input *in;
     int32_t n;
     int layer;
+    int32_t n_blocks;      /* attention: blocks of rows in c->row_block */
+    _Atomic int32_t next;  /* attention: next work item */
     const float *add;    /* add_norm: residual to add to x first (NULL: none) */
     const float *norm_w; /* add_norm: norm weight */
     const int32_t *out_idx; /* rows whose logits are wanted */
@@ -92,6 +95,22 @@ static void rope(float *v, const float *cs, int n_rot, bool neox) {
     }
 }
 
+/* Store one position's K and V rows of one KV head in the cache's type and
+ * layout (K in transposed tiles). */
+static void kv_store(spud_ctx *c, int layer, uint32_t seq, int g, uint32_t pos, const float *k, const float *v) {
+    const int hd = c->model->hp.head_dim;
+    const size_t off = spud_kv_region(c, layer, seq, g);
+    if (c->kv_type == SPUD_TYPE_F16) {
+        spud_f16 *K = (spud_f16 *)(void *)((char *)c->k_cache + off), *V = (spud_f16 *)(void *)((char *)c->v_cache + off);
+        for (int i = 0; i < hd; i++) K[spud_kv_k_index(hd, pos, i)] = spud_f32_to_f16(k[i]);
+        for (int i = 0; i < hd; i++) V[(size_t)pos * hd + i] = spud_f32_to_f16(v[i]);
+    } else {
+        float *K = (float *)(void *)((char *)c->k_cache + off), *V = (float *)(void *)((char *)c->v_cache + off);
+        for (int i = 0; i < hd; i++) K[spud_kv_k_index(hd, pos, i)] = k[i];
+        memcpy(V + (size_t)pos * hd, v, (size_t)hd * sizeof(float));
+    }
+}
+
 /* Biases, per-head Q/K norms, RoPE; then K and V rows into the cache. */
 static void job_qkv_post(void *arg, int ith, int nth) {
     fwd *f = arg;
@@ -115,65 +134,76 @@ static void job_qkv_post(void *arg, int ith, int nth) {
         for (int g = 0; g < hp->n_head_kv; g++) {
             if (l->k_norm.data) rmsnorm(k + g * hd, k + g * hd, l->k_norm.data, hd, hp->norm_eps);
             rope(k + g * hd, cs, hp->n_rot, hp->rope_neox);
-            size_t off = spud_kv_offset(c, f->layer, c->row_seq[i], g, c->row_pos[i]);
-            memcpy(c->k_cache + off, k + g * hd, hd * sizeof(float));
-            memcpy(c->v_cache + off, v + g * hd, hd * sizeof(float));
+            kv_store(c, f->layer, c->row_seq[i], g, c->row_pos[i], k + g * hd, v + g * hd);
         }
     }
 }
 
+/* Query vectors per attention call and rows per block: a block is up to
+ * rows_per_block consecutive rows of one sequence, and one work item is a
+ * block, a KV head and up to SPUD_ATTN_MAX_Q of the heads that share it, so
+ * the kernel reads each cached K and V tile once for all of them. */
+static int attn_rows_per_block(const spud_hparams *hp) {
+    const int group = hp->n_head / hp->n_head_kv;
+    return group >= SPUD_ATTN_MAX_Q ? 1 : SPUD_ATTN_MAX_Q / group;
+}
+
+size_t spud_decoder_attn_work_floats(const spud_hparams *hp) {
+    /* kernel scratch, then queries and outputs (SPUD_ATTN_MAX_Q x hd each) */
+    const size_t hd = (size_t)hp->head_dim;
+    return (spud_attn_work_floats(hp->head_dim) + 2 * SPUD_ATTN_MAX_Q * hd + 15) & ~(size_t)15;
+}
+
 /* att[i, h] = sum_t softmax_t(q[i,h] . K[t] / sqrt(hd)) V[t], t <= pos(i).
- * One work item is a row and a KV head: the group of query heads that share
- * it read each cached K and V row once. */
+ * Work items are taken from a shared counter (blocks late in a prompt attend
+ * to more positions, so a static split would be uneven). */
 static void job_attention(void *arg, int ith, int nth) {
     fwd *f = arg;
     spud_ctx *c = f->c;
     const spud_hparams *hp = &c->model->hp;
-    int64_t hd = hp->head_dim, qd = hp->n_head * hd, s, e;
-    int group = hp->n_head / hp->n_head_kv;
-    float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores + (size_t)ith * group * c->n_ctx;
-    spud_pool_split((int64_t)f->n * hp->n_head_kv, ith, nth, &s, &e);
-    for (int64_t p = s; p < e; p++) {
-        int64_t i = p / hp->n_head_kv;
-        int g = (int)(p % hp->n_head_kv);
-        uint32_t n_kv = c->row_pos[i] + 1;
-        size_t base = spud_kv_offset(c, f->layer, c->row_seq[i], g, 0);
-        const float *K = c->k_cache + base, *V = c->v_cache + base;
-        const float *q0 = c->q + i * qd + (int64_t)g * group * hd;
-        float mx[64];
-        double sum[64];
-        int gs = group <= 64 ? group : 64;
-        for (int h0 = 0; h0 < group; h0 += gs) {
-            int gn = group - h0 < gs ? group - h0 : gs;
-            for (int h = 0; h < gn; h++) mx[h] = -INFINITY;
-            for (uint32_t t = 0; t < n_kv; t++) {
-                const float *kt = K + (size_t)t * hd;
-                for (int h = 0; h < gn; h++) {
-                    float v = spud_dot_f32(q0 + (h0 + h) * hd, kt, hd) * scale;
-                    sc[(size_t)h * n_kv + t] = v;
-                    if (v > mx[h]) mx[h] = v;
-                }
+    const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    const int64_t qd = (int64_t)hp->n_head * hd;
+    const int chunks = (group + SPUD_ATTN_MAX_Q - 1) / SPUD_ATTN_MAX_Q;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *work = c->attn_work + (size_t)ith * c->attn_work_floats;
+    float *qbuf = work + spud_attn_work_floats(hd), *obuf = qbuf + (size_t)SPUD_ATTN_MAX_Q * hd;
+    int32_t last[SPUD_ATTN_MAX_Q];
+    int32_t rows[SPUD_ATTN_MAX_Q], heads[SPUD_ATTN_MAX_Q];
+    const int32_t n_items = f->n_blocks * hp->n_head_kv * chunks;
+    (void)nth;
+    for (;;) {
+        const int32_t it = atomic_fetch_add_explicit(&f->next, 1, memory_order_relaxed);
+        if (it >= n_items) break;
+        const int32_t b = it / (hp->n_head_kv * chunks);
+        const int g = (int)(it / chunks % hp->n_head_kv), ch = (int)(it % chunks);
+        const int h0 = g * group + ch * SPUD_ATTN_MAX_Q;
+        const int nh = group - ch * SPUD_ATTN_MAX_Q < SPUD_ATTN_MAX_Q ? group - ch * SPUD_ATTN_MAX_Q : SPUD_ATTN_MAX_Q;
+        int nq = 0;
+        for (int32_t i = c->row_block[b]; i < c->row_block[b + 1]; i++)
+            for (int h = h0; h < h0 + nh; h++) {
+                const float *src = c->q + i * qd + (int64_t)h * hd;
+                for (int e = 0; e < hd; e++) qbuf[(size_t)nq * hd + e] = src[e] * scale;
+                last[nq] = (int32_t)c->row_pos[i];
+                rows[nq] = i;
+                heads[nq] = h;
+                nq++;
             }
-            for (int h = 0; h < gn; h++) {
-                float *sh = sc + (size_t)h * n_kv;
-                sum[h] = 0;
-                for (uint32_t t = 0; t < n_kv; t++) {
-                    sh[t] = expf(sh[t] - mx[h]);
-                    sum[h] += sh[t];
-                }
-                float inv = (float)(1.0 / sum[h]);
-                for (uint32_t t = 0; t < n_kv; t++) sh[t] *= inv;
-                memset(c->att + i * qd + (int64_t)(g * group + h0 + h) * hd, 0, hd * sizeof(float));
-            }
-            for (uint32_t t = 0; t < n_kv; t++) {
-                const float *vt = V + (size_t)t * hd;
-                for (int h = 0; h < gn; h++)
-                    spud_axpy_f32(c->att + i * qd + (int64_t)(g * group + h0 + h) * hd,
-                                  sc[(size_t)h * n_kv + t], vt, hd);
-            }
-        }
+        const size_t region = spud_kv_region(c, f->layer, c->row_seq[c->row_block[b]], g);
+        spud_attn(hd, nq, qbuf, last, c->kv_type, (const char *)c->k_cache + region,
+                  (const char *)c->v_cache + region, obuf, work);
+        for (int j = 0; j < nq; j++)
+            memcpy(c->att + rows[j] * qd + (int64_t)heads[j] * hd, obuf + (size_t)j * hd, (size_t)hd * sizeof(float));
     }
+}
+
+/* Split the rows into attention blocks (consecutive rows of one sequence). */
+static int32_t attention_blocks(spud_ctx *c, int32_t n) {
+    const int per = attn_rows_per_block(&c->model->hp);
+    int32_t nb = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (i == 0 || c->row_seq[i] != c->row_seq[i - 1] || i - c->row_block[nb - 1] >= per) c->row_block[nb++] = i;
+    c->row_block[nb] = n;
+    return nb;
 }
 
 /* gate = silu(gate) * up */
@@ -215,6 +245,7 @@ spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
     spud_pool *pool = c->pool;
     fwd f = {.c = c, .in = in, .n = n, .out_idx = out_idx, .n_out = n_out};
 
+    f.n_blocks = attention_blocks(c, n);
     spud_pool_run(pool, job_embed, &f);
     for (int il = 0; il < hp->n_layer; il++) {
         const spud_layer *l = &m->layers[il];
@@ -226,6 +257,7 @@ spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
         spud_matmul(pool, &l->wk, c->h, c->k, n, c->mm_scratch);
         spud_matmul(pool, &l->wv, c->h, c->v, n, c->mm_scratch);
         spud_pool_run(pool, job_qkv_post, &f);
+        atomic_store_explicit(&f.next, 0, memory_order_relaxed); /* published by the pool's dispatch */
         spud_pool_run(pool, job_attention, &f);
         spud_matmul(pool, &l->wo, c->att, c->h, n, c->mm_scratch);
         f.add = c->h;
@@ -244,25 +276,25 @@ spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
     return SPUD_OK;
 }
 
-uint64_t spud_ctx_kv_bytes_per_token(const spud_ctx *c) { return spud_model_kv_bytes_per_token(c->model); }
-
 spud_status spud_decoder_fill_synthetic(spud_ctx *c, uint32_t seq, uint32_t n, uint64_t seed) {
     const spud_hparams *hp = &c->model->hp;
     if (seq >= c->n_seq || n > c->n_ctx - c->n_past[seq])
         return spud_errorf(SPUD_ERR_RANGE, "synthetic fill: %u positions do not fit in sequence %u", n, seq);
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
     const uint32_t p0 = c->n_past[seq];
+    float k[1024], v[1024];
+    if (hp->head_dim > 1024) return spud_errorf(SPUD_ERR_UNSUPPORTED, "synthetic fill: head_dim %d", hp->head_dim);
     for (int l = 0; l < hp->n_layer; l++)
-        for (int g = 0; g < hp->n_head_kv; g++) {
-            float *k = c->k_cache + spud_kv_offset(c, l, seq, g, p0);
-            float *v = c->v_cache + spud_kv_offset(c, l, seq, g, p0);
-            for (size_t i = 0; i < (size_t)n * (size_t)hp->head_dim; i++) {
-                s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-                /* two values in [-1, 1) from one draw */
-                k[i] = (float)(int32_t)(uint32_t)s * 0x1p-31f;
-                v[i] = (float)(int32_t)(uint32_t)(s >> 32) * 0x1p-31f;
+        for (int g = 0; g < hp->n_head_kv; g++)
+            for (uint32_t p = p0; p < p0 + n; p++) {
+                for (int i = 0; i < hp->head_dim; i++) {
+                    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+                    /* two values in [-1, 1) from one draw */
+                    k[i] = (float)(int32_t)(uint32_t)s * 0x1p-31f;
+                    v[i] = (float)(int32_t)(uint32_t)(s >> 32) * 0x1p-31f;
+                }
+                kv_store(c, l, seq, g, p, k, v);
             }
-        }
     c->n_past[seq] = p0 + n;
     return SPUD_OK;
 }

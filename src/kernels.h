@@ -47,6 +47,7 @@ typedef struct {
     int gemm_rows;                      /* weight rows per gemm call */
     spud_dot_f32_fn dot_f32;
     spud_axpy_f32_fn axpy_f32;
+    spud_attn_fn attn; /* NULL: the reference */
 } spud_kernel_set;
 
 extern const spud_kernel_set spud_kernels_scalar;
@@ -99,6 +100,8 @@ void spud_dequant_q4_K_avx512(const void *x, float *y, int64_t n);
 void spud_dequant_q6_K_avx512(const void *x, float *y, int64_t n);
 float spud_dot_f32_avx512(const float *a, const float *b, int64_t n);
 void spud_axpy_f32_avx512(float *y, float a, const float *x, int64_t n);
+void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
+                      const void *v, float *out, float *work);
 void spud_gemm_q4_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
                            float *y, size_t ldy);
 void spud_gemm_q8_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,

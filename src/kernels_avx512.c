@@ -20,6 +20,7 @@
 #include "kernels.h" /* first: sets the floating-point contraction mode */
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define LOADU512(p) _mm512_loadu_si512((const void *)(p))
@@ -872,6 +873,185 @@ void spud_gemm_q6_K_avx512(int64_t k, const void *w, size_t rb, int nr, const sp
     gemm_q(pack_q6_K, 16, false, k, w, rb, nr, x, nc, y, ldy);
 }
 
+/* ---- attention (online softmax over tiles of 64 positions) ----
+ *
+ * Queries go four at a time: for a tile, the scores of 4 queries x 64
+ * positions are 16 zmm (one K load of 16 positions feeds 4 FMAs), masked,
+ * turned into probabilities in registers, then the output rows of the 4
+ * queries are rescaled and accumulated from the tile's V rows (one V load
+ * feeds 4 FMAs). The tile's K and V stay in L1 while the next group of 4
+ * queries uses them. */
+
+/* e^x for x <= 0: round(x / ln 2) and a degree-6 Taylor polynomial of the
+ * remainder (|r| <= ln2 / 2, relative error about 2^-23), scaled by
+ * vscalefps; exactly 0 below -87 (and for -inf and NaN), so masked
+ * positions weigh nothing. */
+static inline __m512 exp_512(__m512 x) {
+    const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+    __m512 p = _mm512_set1_ps(1.f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+/* Tiles ahead that the kernel prefetches (prefetches never fault; past the
+ * cache region they fetch nothing useful and are harmless). */
+#ifndef ATTN_PREFETCH
+#define ATTN_PREFETCH 2
+#endif
+
+static inline __m512 load_kv16(const void *base, size_t i, const bool f16) {
+    if (f16) return _mm512_cvtph_ps(LOADU256((const spud_f16 *)base + i));
+    return _mm512_loadu_ps((const float *)base + i);
+}
+
+/* PV for 4 queries over NV zmm of dimensions starting at dim d0. */
+static inline __attribute__((always_inline)) void attn_pv(const void *v, int hd, int d0, const int NV, const bool f16,
+                                                        int t0, int tn, const float *P, float *O,
+                                                        const float corr[4]) {
+    __m512 o[4][4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+        for (int u = 0; u < NV; u++)
+            o[j][u] = _mm512_mul_ps(_mm512_load_ps(O + (size_t)j * hd + d0 + 16 * u), _mm512_set1_ps(corr[j]));
+    for (int t = 0; t < tn; t++) {
+        __m512 vv[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < NV; u++) vv[u] = load_kv16(v, (size_t)(t0 + t) * hd + d0 + 16 * u, f16);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512 pb = _mm512_set1_ps(P[j * SPUD_ATTN_SPAN + t]);
+#pragma GCC unroll 4
+            for (int u = 0; u < NV; u++) o[j][u] = _mm512_fmadd_ps(pb, vv[u], o[j][u]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+        for (int u = 0; u < NV; u++) _mm512_store_ps(O + (size_t)j * hd + d0 + 16 * u, o[j][u]);
+}
+
+static inline __attribute__((always_inline)) void attn_impl(const bool f16, int hd, int nq, const float *q,
+                                                          const int32_t *last, const void *k, const void *v,
+                                                          float *out, float *work) {
+    float *O = work;                                      /* SPUD_ATTN_MAX_Q x hd */
+    float *P = work + (size_t)SPUD_ATTN_MAX_Q * hd;       /* 4 x SPUD_ATTN_SPAN, per group */
+    float m[SPUD_ATTN_MAX_Q], l[SPUD_ATTN_MAX_Q];
+    int32_t lim[SPUD_ATTN_MAX_Q];
+    const float *qp[SPUD_ATTN_MAX_Q];
+    const int ng = (nq + 3) / 4;
+    int32_t n_kv = 0;
+    for (int j = 0; j < 4 * ng; j++) {
+        const int jj = j < nq ? j : nq - 1; /* padding queries repeat the last one */
+        qp[j] = q + (size_t)jj * hd;
+        lim[j] = last[jj];
+        if (lim[j] + 1 > n_kv) n_kv = lim[j] + 1;
+        m[j] = -INFINITY;
+        l[j] = 0.f;
+        memset(O + (size_t)j * hd, 0, (size_t)hd * sizeof(float));
+    }
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const size_t es = f16 ? 2 : 4; /* bytes per element; a tile of K or V is hd * es lines */
+    for (int t0 = 0; t0 < n_kv; t0 += SPUD_ATTN_SPAN) {
+        const int tn = n_kv - t0 < SPUD_ATTN_SPAN ? n_kv - t0 : SPUD_ATTN_SPAN;
+        const char *kt = (const char *)k + (size_t)t0 * hd * es;
+        for (int gi = 0; gi < ng; gi++) {
+            const float *const *qg = qp + 4 * gi;
+            /* scores: s[j][b] = 16 positions t0 + 16b .. of query j */
+            __m512 s[4][4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+                for (int b = 0; b < 4; b++) s[j][b] = _mm512_setzero_ps();
+            for (int i = 0; i < hd; i++) {
+                if (gi == 0) { /* stream the tile ATTN_PREFETCH tiles ahead: es lines of K and of V per i */
+                    const char *pk = kt + (size_t)ATTN_PREFETCH * SPUD_ATTN_SPAN * hd * es + (size_t)i * es * 64;
+                    const char *pv = (const char *)v + ((size_t)t0 + ATTN_PREFETCH * SPUD_ATTN_SPAN) * hd * es +
+                                     (size_t)i * es * 64;
+                    for (int e = 0; e < (int)es; e++) {
+                        _mm_prefetch(pk + 64 * e, _MM_HINT_T0);
+                        _mm_prefetch(pv + 64 * e, _MM_HINT_T0);
+                    }
+                }
+                __m512 kc[4];
+#pragma GCC unroll 4
+                for (int b = 0; b < 4; b++) kc[b] = load_kv16(kt, (size_t)b * SPUD_KV_TILE * hd + (size_t)i * SPUD_KV_TILE, f16);
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    const __m512 qb = _mm512_set1_ps(qg[j][i]);
+#pragma GCC unroll 4
+                    for (int b = 0; b < 4; b++) s[j][b] = _mm512_fmadd_ps(qb, kc[b], s[j][b]);
+                }
+            }
+            float corr[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const int jq = 4 * gi + j;
+                /* positions past last[j] (and past the tile) get -inf */
+                const __m512 limit = _mm512_set1_ps((float)(lim[jq] - t0));
+                __m512 mx = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 4
+                for (int b = 0; b < 4; b++) {
+                    const __mmask16 ok = _mm512_cmp_ps_mask(_mm512_add_ps(iota, _mm512_set1_ps(16.f * b)), limit, _CMP_LE_OQ);
+                    s[j][b] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), ok, s[j][b]);
+                    mx = _mm512_max_ps(mx, s[j][b]);
+                }
+                const float mt = _mm512_reduce_max_ps(mx);
+                const float mnew = mt > m[jq] ? mt : m[jq];
+                /* e^(m_old - m_new): 0 on the first tile (m_old = -inf), 1 if the max did not move */
+                corr[j] = _mm512_cvtss_f32(exp_512(_mm512_set1_ps(m[jq] - mnew)));
+                const __m512 vm = _mm512_set1_ps(mnew);
+                __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 4
+                for (int b = 0; b < 4; b++) {
+                    const __m512 p = exp_512(_mm512_sub_ps(s[j][b], vm));
+                    sum = _mm512_add_ps(sum, p);
+                    _mm512_store_ps(P + j * SPUD_ATTN_SPAN + 16 * b, p);
+                }
+                l[jq] = l[jq] * corr[j] + _mm512_reduce_add_ps(sum);
+                m[jq] = mnew;
+            }
+            const char *vt = (const char *)v;
+            float *Og = O + (size_t)4 * gi * hd;
+            int d0 = 0;
+            for (; d0 + 64 <= hd; d0 += 64) attn_pv(vt, hd, d0, 4, f16, t0, tn, P, Og, corr);
+            switch ((hd - d0) / 16) {
+            case 3: attn_pv(vt, hd, d0, 3, f16, t0, tn, P, Og, corr); break;
+            case 2: attn_pv(vt, hd, d0, 2, f16, t0, tn, P, Og, corr); break;
+            case 1: attn_pv(vt, hd, d0, 1, f16, t0, tn, P, Og, corr); break;
+            default: break;
+            }
+        }
+    }
+    for (int j = 0; j < nq; j++) {
+        const __m512 inv = _mm512_set1_ps(1.f / l[j]);
+        for (int i = 0; i < hd; i += 16)
+            _mm512_storeu_ps(out + (size_t)j * hd + i, _mm512_mul_ps(_mm512_load_ps(O + (size_t)j * hd + i), inv));
+    }
+}
+
+void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
+                      const void *v, float *out, float *work) {
+    if (hd % 16 || nq < 1 || nq > SPUD_ATTN_MAX_Q || (kv_type != SPUD_TYPE_F16 && kv_type != SPUD_TYPE_F32)) {
+        spud_attn_ref(hd, nq, q, last, kv_type, k, v, out, work);
+        return;
+    }
+    if (kv_type == SPUD_TYPE_F16)
+        attn_impl(true, hd, nq, q, last, k, v, out, work);
+    else
+        attn_impl(false, hd, nq, q, last, k, v, out, work);
+}
+
 const spud_kernel_set spud_kernels_avx512 = {
     .name = "avx512",
     .vec_dot = {
@@ -904,4 +1084,5 @@ const spud_kernel_set spud_kernels_avx512 = {
     .gemm_rows = GEMM_ROWS,
     .dot_f32 = spud_dot_f32_avx512,
     .axpy_f32 = spud_axpy_f32_avx512,
+    .attn = spud_attn_avx512,
 };

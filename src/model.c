@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -231,10 +232,30 @@ int32_t spud_model_n_vocab(const spud_model *m) { return m->hp.n_vocab; }
 int32_t spud_model_n_embd(const spud_model *m) { return m->hp.n_embd; }
 uint32_t spud_model_n_ctx_train(const spud_model *m) { return m->hp.n_ctx_train; }
 
-uint64_t spud_model_kv_bytes_per_token(const spud_model *m) {
-    return 2ull * (uint64_t)m->hp.n_layer * (uint64_t)m->hp.n_head_kv * (uint64_t)m->hp.head_dim *
-           sizeof(float);
+/* The KV element type a context gets for `want` (tensor types F32 / F16). */
+static spud_type kv_type_for(const spud_model *m, spud_kv_type want) {
+    if (want == SPUD_KV_F32) return SPUD_TYPE_F32;
+    if (want == SPUD_KV_F16) return SPUD_TYPE_F16;
+    const char *env = getenv("SPUD_KV_TYPE");
+    if (env && !strcmp(env, "f32")) return SPUD_TYPE_F32;
+    if (env && !strcmp(env, "f16")) return SPUD_TYPE_F16;
+    /* float weights keep every activation in f32, so their cache stays f32 too;
+     * quantized weights round activations to 8 bits, and f16 is far finer */
+    const bool float_model = m->layers && !spud_type_get(m->layers[0].wk.type)->is_quantized &&
+                             !spud_type_get(m->layers[0].wv.type)->is_quantized;
+    return float_model ? SPUD_TYPE_F32 : SPUD_TYPE_F16;
 }
+
+static uint64_t kv_bytes_per_token(const spud_model *m, spud_type t) {
+    return 2ull * (uint64_t)m->hp.n_layer * (uint64_t)m->hp.n_head_kv * (uint64_t)m->hp.head_dim *
+           spud_type_get(t)->type_size;
+}
+
+uint64_t spud_model_kv_bytes_per_token(const spud_model *m) {
+    return kv_bytes_per_token(m, kv_type_for(m, SPUD_KV_AUTO));
+}
+
+uint64_t spud_ctx_kv_bytes_per_token(const spud_ctx *c) { return kv_bytes_per_token(c->model, c->kv_type); }
 
 /* ---- tokenizer ---- */
 
@@ -268,29 +289,48 @@ spud_status spud_ctx_new(const spud_model *m, uint32_t n_ctx, spud_ctx **out) {
 }
 
 spud_status spud_ctx_new_multi(const spud_model *m, uint32_t n_ctx, uint32_t n_seq, spud_ctx **out) {
+    spud_ctx_params p = {.n_ctx = n_ctx, .n_seq = n_seq, .kv_type = SPUD_KV_AUTO};
+    if (n_seq == 0) {
+        *out = NULL;
+        return spud_errorf(SPUD_ERR_INVALID, "bad context: %u positions, %u sequences", n_ctx, n_seq);
+    }
+    return spud_ctx_new_params(m, &p, out);
+}
+
+spud_ctx_params spud_ctx_default_params(void) {
+    return (spud_ctx_params){.n_ctx = 0, .n_seq = 1, .kv_type = SPUD_KV_AUTO};
+}
+
+spud_status spud_ctx_new_params(const spud_model *m, const spud_ctx_params *params, spud_ctx **out) {
     const spud_hparams *hp = &m->hp;
     spud_ctx *c;
     spud_status st;
     *out = NULL;
+    uint32_t n_ctx = params->n_ctx, n_seq = params->n_seq ? params->n_seq : 1;
     if (n_ctx == 0) n_ctx = hp->n_ctx_train;
-    if (n_ctx == 0 || n_seq == 0 || n_seq > 4096)
-        return spud_errorf(SPUD_ERR_INVALID, "bad context: %u positions, %u sequences", n_ctx, n_seq);
+    if (n_ctx == 0 || n_seq > 4096 || n_ctx > UINT32_MAX - SPUD_ATTN_SPAN ||
+        (params->kv_type != SPUD_KV_AUTO && params->kv_type != SPUD_KV_F32 && params->kv_type != SPUD_KV_F16))
+        return spud_errorf(SPUD_ERR_INVALID, "bad context: %u positions, %u sequences, KV type %d", n_ctx, n_seq,
+                           (int)params->kv_type);
+    const spud_type kv_type = kv_type_for(m, params->kv_type);
+    const uint64_t kv_tok = kv_bytes_per_token(m, kv_type);
+    /* whole attention tiles per region: kernels read (never use) past the last position */
+    const uint32_t n_alloc = (n_ctx + SPUD_ATTN_SPAN - 1) / SPUD_ATTN_SPAN * SPUD_ATTN_SPAN;
 
     uint64_t kv_bytes, seq_pos, mem = physical_memory();
-    if (!spud_mul_ok(n_ctx, n_seq, &seq_pos) ||
-        !spud_mul_ok(spud_model_kv_bytes_per_token(m), seq_pos, &kv_bytes) || kv_bytes > mem ||
+    if (!spud_mul_ok(n_alloc, n_seq, &seq_pos) || !spud_mul_ok(kv_tok, seq_pos, &kv_bytes) || kv_bytes > mem ||
         kv_bytes / 2 > SIZE_MAX)
         return spud_errorf(SPUD_ERR_NOMEM,
                            "a context of %u x %u tokens needs %.2f GiB of KV cache (%llu bytes per "
                            "token), more than this machine's %.2f GiB of memory",
-                           n_seq, n_ctx,
-                           (double)spud_model_kv_bytes_per_token(m) * n_ctx * n_seq / (1 << 30),
-                           (unsigned long long)spud_model_kv_bytes_per_token(m),
+                           n_seq, n_ctx, (double)kv_tok * n_ctx * n_seq / (1 << 30), (unsigned long long)kv_tok,
                            (double)mem / (1 << 30));
     c = spud_calloc(1, sizeof *c);
     if (!c) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
     c->model = m;
     c->n_ctx = n_ctx;
+    c->n_ctx_alloc = n_alloc;
+    c->kv_type = kv_type;
     c->n_seq = n_seq;
     c->n_batch = CTX_N_BATCH;
     c->n_logits_max = (int32_t)n_seq;
@@ -309,7 +349,7 @@ spud_status spud_ctx_new_multi(const spud_model *m, uint32_t n_ctx, uint32_t n_s
     size_t nb = (size_t)c->n_batch, dim = (size_t)hp->n_embd, nl = (size_t)c->n_logits_max;
     size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     size_t nth = (size_t)spud_pool_n_threads(c->pool);
-    size_t group = (size_t)(hp->n_head / hp->n_head_kv);
+    c->attn_work_floats = spud_decoder_attn_work_floats(hp);
     size_t mm = spud_matmul_scratch_bytes(&m->output, (int64_t)nl);
     for (int i = 0; i < hp->n_layer; i++) {
         const spud_layer *l = &m->layers[i];
@@ -322,12 +362,12 @@ spud_status spud_ctx_new_multi(const spud_model *m, uint32_t n_ctx, uint32_t n_s
     size_t sizes[] = {
         nb * 4, nb * 4, nb * dim * 4, nb * dim * 4, nb * qd * 4, nb * kvd * 4, nb * kvd * 4,
         nb * qd * 4, nb * (size_t)hp->n_ff * 4, nb * (size_t)hp->n_ff * 4,
-        nth * group * n_ctx * 4, nb * (size_t)hp->n_rot * 4, (size_t)hp->n_rot / 2 * 4,
+        nth * c->attn_work_floats * 4, (nb + 1) * 4, nb * (size_t)hp->n_rot * 4, (size_t)hp->n_rot / 2 * 4,
         nl * dim * 4, mm, nl * (size_t)hp->n_vocab * 4,
     };
     void **ptrs[] = {(void **)&c->row_seq, (void **)&c->row_pos, (void **)&c->x, (void **)&c->h,
                      (void **)&c->q, (void **)&c->k, (void **)&c->v, (void **)&c->att,
-                     (void **)&c->gate, (void **)&c->up, (void **)&c->scores,
+                     (void **)&c->gate, (void **)&c->up, (void **)&c->attn_work, (void **)&c->row_block,
                      (void **)&c->rope_cs, (void **)&c->inv_freq, (void **)&c->out_rows,
                      &c->mm_scratch, (void **)&c->logits};
     size_t total = 0;
@@ -388,12 +428,15 @@ spud_status spud_ctx_seq_copy(spud_ctx *c, uint32_t src, uint32_t dst, uint32_t 
         c->n_past[dst] = n;
         return SPUD_OK;
     }
+    /* K is tiled by SPUD_KV_TILE positions: copy whole tiles (positions
+     * past n in the last one are dead in dst too) */
+    const size_t row = (size_t)hp->head_dim * spud_type_get(c->kv_type)->type_size;
+    const size_t k_bytes = (size_t)(n + SPUD_KV_TILE - 1) / SPUD_KV_TILE * SPUD_KV_TILE * row;
     for (int l = 0; l < hp->n_layer; l++)
         for (int g = 0; g < hp->n_head_kv; g++) {
-            size_t from = spud_kv_offset(c, l, src, g, 0), to = spud_kv_offset(c, l, dst, g, 0);
-            size_t bytes = (size_t)n * (size_t)hp->head_dim * sizeof(float);
-            memcpy(c->k_cache + to, c->k_cache + from, bytes);
-            memcpy(c->v_cache + to, c->v_cache + from, bytes);
+            size_t from = spud_kv_region(c, l, src, g), to = spud_kv_region(c, l, dst, g);
+            memcpy((char *)c->k_cache + to, (char *)c->k_cache + from, k_bytes);
+            memcpy((char *)c->v_cache + to, (char *)c->v_cache + from, (size_t)n * row);
         }
     c->n_past[dst] = n;
     return SPUD_OK;

@@ -94,9 +94,13 @@ struct spud_ctx {
     uint32_t n_ctx;   /* positions per sequence */
     uint32_t n_seq;
     uint32_t *n_past; /* (n_seq) positions used per sequence */
-    /* KV cache, f32: k[layer][seq][kv_head][pos][head_dim], same for v. */
-    float *k_cache;
-    float *v_cache;
+    /* KV cache of kv_type (F32 or F16): one region of n_ctx_alloc positions
+     * per [layer][seq][kv_head]; in it K is stored in transposed tiles of 16
+     * positions and V row-major (tensor.h, "attention over one KV head"). */
+    spud_type kv_type;
+    uint32_t n_ctx_alloc; /* n_ctx rounded up to whole attention tiles */
+    void *k_cache;
+    void *v_cache;
     /* Scratch for one batch of up to n_batch rows (carved from one allocation). */
     int32_t n_batch;
     int32_t n_logits_max; /* rows per call that may ask for logits */
@@ -111,7 +115,9 @@ struct spud_ctx {
     float *att;     /* (n_batch, n_head * head_dim) attention output */
     float *gate;    /* (n_batch, n_ff) */
     float *up;      /* (n_batch, n_ff) */
-    float *scores;  /* (n_threads, group, n_ctx) attention scores per thread */
+    float *attn_work; /* (n_threads, attn_work_floats) attention scratch per thread */
+    size_t attn_work_floats;
+    int32_t *row_block; /* (n_batch + 1) attention blocks: first row of each, then n */
     float *rope_cs; /* (n_batch, n_rot) cos, sin interleaved per pair */
     float *inv_freq; /* (n_rot / 2) */
     float *out_rows; /* (n_logits_max, dim) normed rows that want logits */
@@ -119,20 +125,20 @@ struct spud_ctx {
     float *logits;  /* (n_logits_max, n_vocab) */
 };
 
-/* Offset of (layer, seq, kv_head, pos) in k_cache / v_cache, in floats. */
-static inline size_t spud_kv_offset(const spud_ctx *c, int layer, uint32_t seq, int g, uint32_t pos) {
+/* Byte offset of the region of (layer, seq, kv_head) in k_cache / v_cache. */
+static inline size_t spud_kv_region(const spud_ctx *c, int layer, uint32_t seq, int g) {
     const spud_hparams *hp = &c->model->hp;
-    return ((((size_t)layer * c->n_seq + seq) * (size_t)hp->n_head_kv + (size_t)g) * c->n_ctx + pos) *
-           (size_t)hp->head_dim;
+    return (((size_t)layer * c->n_seq + seq) * (size_t)hp->n_head_kv + (size_t)g) * c->n_ctx_alloc *
+           (size_t)hp->head_dim * spud_type_get(c->kv_type)->type_size;
 }
+
+/* Floats of attention scratch per thread (decoder.c). */
+size_t spud_decoder_attn_work_floats(const spud_hparams *hp);
 
 /* Forward pass over n rows (n <= c->n_batch) whose row_seq / row_pos are set;
  * writes the logits of the n_out rows listed in out_idx. (decoder.c) */
 spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
                                  const int32_t *out_idx, int32_t n_out);
-
-/* Bytes of this context's KV cache per position of one sequence (all layers, K and V). */
-uint64_t spud_ctx_kv_bytes_per_token(const spud_ctx *c);
 
 /* Append n synthetic positions to sequence seq: seeded pseudo-random K and V
  * rows of unit scale, for benchmarks that need a deep cache without

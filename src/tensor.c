@@ -792,6 +792,7 @@ bool spud_cpu_has(spud_isa isa) {
  * relaxed atomics make the one-time switch well defined. */
 static _Atomic(spud_dot_f32_fn) dot_f32_fn = spud_dot_f32_ref;
 static _Atomic(spud_axpy_f32_fn) axpy_f32_fn = spud_axpy_f32_ref;
+static _Atomic(spud_attn_fn) attn_fn = spud_attn_ref;
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *init_isa; /* NULL until the first call; guarded by init_lock */
@@ -824,6 +825,7 @@ const char *spud_kernels_init(bool force_scalar) {
         atomic_store_explicit(&dot_f32_fn, ks->dot_f32 ? ks->dot_f32 : spud_dot_f32_ref, memory_order_relaxed);
         atomic_store_explicit(&axpy_f32_fn, ks->axpy_f32 ? ks->axpy_f32 : spud_axpy_f32_ref,
                               memory_order_relaxed);
+        atomic_store_explicit(&attn_fn, ks->attn ? ks->attn : spud_attn_ref, memory_order_relaxed);
         init_isa = ks->name;
         spud_log(SPUD_LOG_DEBUG, "kernels: %s", init_isa);
     }
@@ -898,4 +900,47 @@ void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row) {
                 ((int32_t *)aux)[gi] = -32 * sum;
         }
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Attention over one KV head                                                */
+/* ------------------------------------------------------------------------ */
+
+size_t spud_attn_work_floats(int hd) {
+    /* SIMD kernels: output accumulators and one tile of probabilities per
+     * query; the reference: 2 * hd for its double accumulators */
+    return (size_t)SPUD_ATTN_MAX_Q * ((size_t)hd + SPUD_ATTN_SPAN) + 2 * (size_t)hd + 64;
+}
+
+static inline float kv_elem(spud_type t, const void *base, size_t i) {
+    return t == SPUD_TYPE_F16 ? F16(((const spud_f16 *)base)[i]) : ((const float *)base)[i];
+}
+
+void spud_attn_ref(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
+                   const void *v, float *out, float *work) {
+    double *acc = (double *)(void *)work;
+    for (int j = 0; j < nq; j++) {
+        const float *qj = q + (size_t)j * hd;
+        double mx = -INFINITY;
+        for (int32_t t = 0; t <= last[j]; t++) {
+            double s = 0;
+            for (int i = 0; i < hd; i++) s += (double)qj[i] * kv_elem(kv_type, k, spud_kv_k_index(hd, (uint32_t)t, i));
+            if (s > mx) mx = s;
+        }
+        double sum = 0;
+        for (int i = 0; i < hd; i++) acc[i] = 0;
+        for (int32_t t = 0; t <= last[j]; t++) {
+            double s = 0;
+            for (int i = 0; i < hd; i++) s += (double)qj[i] * kv_elem(kv_type, k, spud_kv_k_index(hd, (uint32_t)t, i));
+            const double p = exp(s - mx);
+            sum += p;
+            for (int i = 0; i < hd; i++) acc[i] += p * kv_elem(kv_type, v, (size_t)t * hd + (size_t)i);
+        }
+        for (int i = 0; i < hd; i++) out[(size_t)j * hd + i] = (float)(acc[i] / sum);
+    }
+}
+
+void spud_attn(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k, const void *v,
+               float *out, float *work) {
+    atomic_load_explicit(&attn_fn, memory_order_relaxed)(hd, nq, q, last, kv_type, k, v, out, work);
 }

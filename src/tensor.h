@@ -182,6 +182,36 @@ size_t spud_gemm_x_row_bytes(spud_type t, int64_t n);
 void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row);
 size_t spud_gemm_x_scale_offset(spud_type t, int64_t n);
 
+/* ---- attention over one KV head of a cache (dispatched) ----
+ *
+ * Cache layout of one (layer, sequence, KV head), elements of type F32 or
+ * F16: K is stored transposed in tiles of SPUD_KV_TILE positions, element
+ * (position p, dim i) at (p / 16) * 16 * hd + i * 16 + p % 16, so a load
+ * reads one dimension of 16 positions; V is row-major, (p, i) at p * hd + i.
+ * Buffers hold whole SPUD_ATTN_SPAN tiles of positions: kernels may read
+ * (never use) the values past the last position. */
+#define SPUD_KV_TILE 16
+#define SPUD_ATTN_SPAN 64  /* positions per tile of the online softmax */
+#define SPUD_ATTN_MAX_Q 16 /* query vectors per call */
+
+static inline size_t spud_kv_k_index(int hd, uint32_t p, int i) {
+    return (size_t)(p / SPUD_KV_TILE) * SPUD_KV_TILE * (size_t)hd + (size_t)i * SPUD_KV_TILE + p % SPUD_KV_TILE;
+}
+
+/* out[j * hd + i] = Σ_t softmax_t(q_j · K[t]) V[t][i] over positions t <= last[j],
+ * for nq <= SPUD_ATTN_MAX_Q query vectors q_j = q + j * hd (already scaled by
+ * 1 / sqrt(hd)). work: spud_attn_work_floats(hd) floats, 64-byte aligned.
+ * Online softmax over tiles of SPUD_ATTN_SPAN positions: memory does not grow
+ * with the number of positions. */
+typedef void (*spud_attn_fn)(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
+                             const void *v, float *out, float *work);
+size_t spud_attn_work_floats(int hd);
+/* Scalar reference: scores and softmax in double, two passes. */
+void spud_attn_ref(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
+                   const void *v, float *out, float *work);
+void spud_attn(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k, const void *v,
+               float *out, float *work);
+
 /* ---- f32 vector helpers used by the forward pass (dispatched) ---- */
 float spud_dot_f32(const float *a, const float *b, int64_t n);
 /* y += a * x */

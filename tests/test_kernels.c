@@ -25,6 +25,10 @@
  *     values and scales equal the vec_dot_type quantizer's, bit for bit;
  *   - spud_matmul through the gemm path vs one row at a time through vec_dot:
  *     within the sum of the two bounds;
+ *   - attention over one KV head (f32 and f16 caches): every output within
+ *     (2 hd Smax + n + 32) * 2^-23 * max|V| of the double reference, Smax =
+ *     max over positions of Σ|q_i k_i|, n = positions (float scores, exp and
+ *     accumulation; the padding past the last position is NaN and must not leak);
  *   - weight quantize -> dequantize on N(0,1) data (measured on 5 seeds x 64 blocks):
  *       f16  |err| <= max(2^-11 |x|, 2^-25)      bf16 |err| <= 2^-8 |x|
  *       q8_0 |err| <= 0.57 * amax/127 per block (half a step + fp16 scale rounding), RMSE <= 0.006 RMS
@@ -1226,6 +1230,118 @@ Test(gemm, matmul_paths_agree) {
         buf_free(wb);
     }
     spud_pool_free(pool);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Attention                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void check_attn(spud_type kv, int hd, int nq, int n, uint64_t seed) {
+    const int n_alloc = (n + SPUD_ATTN_SPAN - 1) / SPUD_ATTN_SPAN * SPUD_ATTN_SPAN;
+    const size_t es = kv == SPUD_TYPE_F16 ? 2 : 4;
+    char *k = aligned_alloc(64, (size_t)n_alloc * hd * es), *v = aligned_alloc(64, (size_t)n_alloc * hd * es);
+    float *kf = malloc((size_t)n_alloc * hd * sizeof(float)), *vf = malloc((size_t)n_alloc * hd * sizeof(float));
+    float *q = malloc((size_t)nq * hd * sizeof(float));
+    int32_t last[SPUD_ATTN_MAX_Q];
+    rng_seed(seed);
+    for (int t = 0; t < n_alloc; t++)
+        for (int i = 0; i < hd; i++) {
+            /* the padding past position n is NaN: it must never reach an output */
+            const float a = t < n ? rng_gauss() : NAN, b = t < n ? rng_gauss() * 2 : NAN;
+            const size_t ki = spud_kv_k_index(hd, (uint32_t)t, i), vi = (size_t)t * hd + (size_t)i;
+            if (kv == SPUD_TYPE_F16) {
+                ((spud_f16 *)(void *)k)[ki] = spud_f32_to_f16(a);
+                ((spud_f16 *)(void *)v)[vi] = spud_f32_to_f16(b);
+                kf[ki] = spud_f16_to_f32(spud_f32_to_f16(a));
+                vf[vi] = spud_f16_to_f32(spud_f32_to_f16(b));
+            } else {
+                ((float *)(void *)k)[ki] = kf[ki] = a;
+                ((float *)(void *)v)[vi] = vf[vi] = b;
+            }
+        }
+    for (int j = 0; j < nq; j++) {
+        for (int i = 0; i < hd; i++) q[(size_t)j * hd + i] = rng_gauss() * 1.5f / sqrtf((float)hd);
+        last[j] = n - 1 - (j % 3) * 7;
+        if (last[j] < 0) last[j] = j % (n < 5 ? n : 5);
+    }
+    float *work = aligned_alloc(64, ((spud_attn_work_floats(hd) * sizeof(float)) + 63) & ~(size_t)63);
+    float *want = malloc((size_t)nq * hd * sizeof(float)), *got = malloc((size_t)nq * hd * sizeof(float));
+    spud_attn_ref(hd, nq, q, last, kv, k, v, want, work);
+    double vmax = 0;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < hd; i++) vmax = fmax(vmax, fabs(vf[(size_t)t * hd + i]));
+    double smax = 0;
+    for (int j = 0; j < nq; j++)
+        for (int t = 0; t <= last[j]; t++) {
+            double a = 0;
+            for (int i = 0; i < hd; i++) a += fabs((double)q[(size_t)j * hd + i] * kf[spud_kv_k_index(hd, (uint32_t)t, i)]);
+            smax = fmax(smax, a);
+        }
+    const double bound = (2.0 * hd * smax + n + 32) * FLT_EPSILON * vmax;
+    const spud_kernel_set *sets[2];
+    for (int s = 0, ns = simd_sets(sets); s <= ns; s++) {
+        const spud_attn_fn fn = s < ns ? sets[s]->attn : spud_attn;
+        if (!fn) continue;
+        for (size_t i = 0; i < (size_t)nq * hd; i++) got[i] = NAN;
+        fn(hd, nq, q, last, kv, k, v, got, work);
+        for (int j = 0; j < nq; j++)
+            for (int i = 0; i < hd; i++) {
+                const size_t e = (size_t)j * hd + i;
+                cr_assert(fabs(got[e] - want[e]) <= bound, "attn %s %s hd=%d nq=%d n=%d query %d (last %d) dim %d: %.9g vs ref %.9g (bound %.3g)",
+                          s < ns ? sets[s]->name : "dispatched", spud_type_name(kv), hd, nq, n, j, last[j], i,
+                          (double)got[e], (double)want[e], bound);
+            }
+    }
+    free(k);
+    free(v);
+    free(kf);
+    free(vf);
+    free(q);
+    free(work);
+    free(want);
+    free(got);
+}
+
+Test(attn, against_reference) {
+    spud_kernels_init(false);
+    static const int hds[] = {16, 64, 80, 128};
+    static const int nqs[] = {1, 3, 4, 5, 16};
+    static const int ns[] = {1, 2, 15, 16, 17, 63, 64, 65, 200, 300};
+    uint64_t seed = 1;
+    for (int kv = 0; kv < 2; kv++)
+        for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
+            for (size_t a = 0; a < sizeof nqs / sizeof nqs[0]; a++)
+                for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+                    check_attn(kv ? SPUD_TYPE_F16 : SPUD_TYPE_F32, hds[h], nqs[a], ns[b], seed++);
+}
+
+/* Scores far apart (one position dominates, others underflow to 0) and equal. */
+Test(attn, extreme_scores) {
+    spud_kernels_init(false);
+    const int hd = 64, n = 130;
+    float *k = aligned_alloc(64, 192 * hd * 4), *v = aligned_alloc(64, 192 * hd * 4), *q = malloc(hd * 4);
+    float *work = aligned_alloc(64, ((spud_attn_work_floats(hd) * sizeof(float)) + 63) & ~(size_t)63);
+    float out[64], ref[64];
+    for (int t = 0; t < 192; t++)
+        for (int i = 0; i < hd; i++) {
+            k[spud_kv_k_index(hd, (uint32_t)t, i)] = t == 77 ? 50.f : (t < n ? 0.f : NAN);
+            v[t * hd + i] = t < n ? (float)(t + i) : NAN;
+        }
+    for (int i = 0; i < hd; i++) q[i] = 1.f;
+    const int32_t last = n - 1;
+    spud_attn(hd, 1, q, &last, SPUD_TYPE_F32, k, v, out, work);
+    for (int i = 0; i < hd; i++) cr_assert_float_eq(out[i], (float)(77 + i), 1e-3, "dominant position, dim %d: %g", i, (double)out[i]);
+    for (int i = 0; i < hd; i++) q[i] = 0.f; /* all scores 0: the mean of V */
+    spud_attn(hd, 1, q, &last, SPUD_TYPE_F32, k, v, out, work);
+    spud_attn_ref(hd, 1, q, &last, SPUD_TYPE_F32, k, v, ref, work);
+    for (int i = 0; i < hd; i++) {
+        cr_assert_float_eq(ref[i], (float)((n - 1) / 2.0 + i), 1e-4, "ref mean, dim %d", i);
+        cr_assert_float_eq(out[i], ref[i], 1e-3, "mean, dim %d: %g vs %g", i, (double)out[i], (double)ref[i]);
+    }
+    free(k);
+    free(v);
+    free(q);
+    free(work);
 }
 
 static void check_f32_helpers(spud_dot_f32_fn dot, spud_axpy_f32_fn axpy, const char *name) {

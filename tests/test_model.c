@@ -113,17 +113,27 @@ Test(model, allocation_failures_are_errors) {
     }
 }
 
-/* Two sequences decoded together in one batch give the logits each gives alone. */
-Test(model, multi_sequence_batch_equals_single) {
-    spud_model *m = load(FIX("qwen2-f32.gguf"));
+static spud_ctx *ctx_kv(spud_model *m, uint32_t n_ctx, uint32_t n_seq, spud_kv_type kv) {
+    spud_ctx *c = NULL;
+    spud_ctx_params p = spud_ctx_default_params();
+    p.n_ctx = n_ctx;
+    p.n_seq = n_seq;
+    p.kv_type = kv;
+    cr_assert_eq(spud_ctx_new_params(m, &p, &c), SPUD_OK, "%s", spud_last_error());
+    return c;
+}
+
+/* Two sequences decoded together in one batch give the logits each gives
+ * alone; copies and truncation of sequences keep them. */
+static void multi_sequence(const char *file, spud_kv_type kv) {
+    spud_model *m = load(file);
     int nv = spud_model_n_vocab(m);
     int32_t a[12], b[9];
     for (int i = 0; i < 12; i++) a[i] = (i * 31 + 5) % nv;
     for (int i = 0; i < 9; i++) b[i] = (i * 17 + 100) % nv;
     const float *la, *lb, *lab;
     float *ra = malloc(sizeof(float) * (size_t)nv), *rb = malloc(sizeof(float) * (size_t)nv);
-    spud_ctx *s;
-    cr_assert_eq(spud_ctx_new(m, 32, &s), SPUD_OK);
+    spud_ctx *s = ctx_kv(m, 32, 1, kv);
     cr_assert_eq(spud_decode_tokens(s, a, 12, &la), SPUD_OK);
     memcpy(ra, la, sizeof(float) * (size_t)nv);
     spud_ctx_reset(s);
@@ -132,8 +142,7 @@ Test(model, multi_sequence_batch_equals_single) {
     spud_ctx_free(s);
 
     /* interleave: rows of a and b alternate; logits for both last rows */
-    spud_ctx *mc;
-    cr_assert_eq(spud_ctx_new_multi(m, 32, 3, &mc), SPUD_OK);
+    spud_ctx *mc = ctx_kv(m, 32, 3, kv);
     spud_input in[21];
     uint32_t seq[21];
     bool want[21] = {0};
@@ -183,4 +192,56 @@ Test(model, multi_sequence_batch_equals_single) {
     free(rb);
     spud_ctx_free(mc);
     spud_model_free(m);
+}
+
+Test(model, multi_sequence_batch_equals_single) {
+    multi_sequence(FIX("qwen2-f32.gguf"), SPUD_KV_AUTO);   /* f32 cache */
+    multi_sequence(FIX("qwen2-q8_0.gguf"), SPUD_KV_AUTO);  /* f16 cache */
+    multi_sequence(FIX("llama-q4_k_m.gguf"), SPUD_KV_F32);
+}
+
+/* The cache type follows the weights unless asked; its size follows the type. */
+Test(model, kv_types) {
+    spud_model *mf = load(FIX("llama-f16.gguf")), *mq = load(FIX("llama-q4_0.gguf"));
+    spud_ctx *a = ctx_kv(mf, 64, 1, SPUD_KV_AUTO), *b = ctx_kv(mq, 64, 1, SPUD_KV_AUTO);
+    spud_ctx *c = ctx_kv(mq, 64, 1, SPUD_KV_F32);
+    cr_expect_eq(spud_ctx_kv_bytes_per_token(a), 2u * 2 * 2 * 32 * 4, "f16 weights: f32 cache");
+    cr_expect_eq(spud_ctx_kv_bytes_per_token(b), 2u * 2 * 2 * 32 * 2, "q4_0 weights: f16 cache");
+    cr_expect_eq(spud_ctx_kv_bytes_per_token(c), 2u * 2 * 2 * 32 * 4);
+    cr_expect_eq(spud_model_kv_bytes_per_token(mq), spud_ctx_kv_bytes_per_token(b));
+    spud_ctx_params p = spud_ctx_default_params();
+    p.kv_type = (spud_kv_type)7;
+    spud_ctx *bad = NULL;
+    cr_expect_eq(spud_ctx_new_params(mq, &p, &bad), SPUD_ERR_INVALID);
+    cr_expect_null(bad);
+    spud_ctx_free(a);
+    spud_ctx_free(b);
+    spud_ctx_free(c);
+    spud_model_free(mf);
+    spud_model_free(mq);
+}
+
+/* Across several attention tiles (64 positions): one batch, chunks, and the
+ * last rows one at a time agree, with either cache type. */
+Test(model, long_context_chunks_agree) {
+    const char *files[] = {FIX("llama-q4_k.gguf"), FIX("llama-f32.gguf")};
+    for (size_t f = 0; f < 2; f++)
+        for (int kv = SPUD_KV_F32; kv <= SPUD_KV_F16; kv++) {
+            spud_model *m = load(files[f]);
+            const int nv = spud_model_n_vocab(m), n = 203;
+            int32_t ids[203];
+            for (int i = 0; i < n; i++) ids[i] = (i * 53 + 7) % nv;
+            spud_ctx *a = ctx_kv(m, 256, 1, (spud_kv_type)kv), *b = ctx_kv(m, 256, 1, (spud_kv_type)kv);
+            const float *la, *lb;
+            cr_assert_eq(spud_decode_tokens(a, ids, (size_t)n, &la), SPUD_OK);
+            for (int i = 0; i < n; i += 67) {
+                const int k = n - i < 67 ? n - i : 67;
+                cr_assert_eq(spud_decode_tokens(b, ids + i, (size_t)k, &lb), SPUD_OK);
+            }
+            float d = max_abs_diff(la, lb, nv);
+            cr_expect_lt(d, 1e-4f, "%s kv %d: batch vs chunks differ by %g", files[f], kv, (double)d);
+            spud_ctx_free(a);
+            spud_ctx_free(b);
+            spud_model_free(m);
+        }
 }

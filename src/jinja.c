@@ -1340,6 +1340,7 @@ static bool lex(P *p, const char *s, size_t n) {
         if (!emit_text(p, s + pos, t - pos, line, sign, kind != '{', line_starting)) return false;
         line += count_nl(s + pos, t - pos);
         if (rb) {
+            if (rb >= n) break; /* nothing after {% raw %}: jinja2's lexer stops quietly */
             bool ls = s[rb - 1] == '\n';
             line += count_nl(s + t, rb - t);
             /* find {%[-+]?\s*endraw\s*(+%}|-%}\s*|%}\n?) */
@@ -1373,6 +1374,7 @@ static bool lex(P *p, const char *s, size_t n) {
         }
         size_t q = t + 2 + (sign ? 1 : 0);
         if (kind == '#') {
+            if (q >= n) break; /* jinja2's lexer stops quietly when nothing follows */
             size_t e = q;
             while (e + 1 < n && !(s[e] == '#' && s[e + 1] == '}')) e++;
             if (e + 1 >= n) return perr(p, line, "Missing end of comment tag");
@@ -2292,10 +2294,17 @@ static node *parse_statement(P *p) {
         static const char *const end[] = {"endgeneration", NULL};
         return parse_body(p, end, true);
     }
-    if (is_name(t, "print")) {
+    if (is_name(t, "print")) { /* {% print a, b %}: each expression in turn */
         adv(p);
-        if (!(x = mk(p, S_OUT, line)) || !(x->a = parse_tuple(p, false, true, NULL, false)))
-            return NULL;
+        nvec outs = {0};
+        while (cur(p)->type != K_BLOCK_END) {
+            if (outs.n && !expect_op(p, OP_COMMA, ",")) return NULL;
+            node *o = mk(p, S_OUT, cur(p)->line);
+            if (!o || !(o->a = parse_expr(p, true)) || !nvec_push(p, &outs, o)) return NULL;
+        }
+        if (!(x = mk(p, S_BODY, line))) return NULL;
+        x->kids = outs.v;
+        x->nk = outs.n;
         return x;
     }
     if (is_name(t, "break") || is_name(t, "continue")) {
@@ -2804,7 +2813,7 @@ static bool iterate(R *r, value v, const value **items, size_t *n) {
         for (size_t i = 0; i < s->len;) {
             int32_t c;
             int l = u8_dec(s->s + i, s->len - i, &c);
-            jstr *ch = str_new(r, s->s + i, (size_t)l, s->safe);
+            jstr *ch = str_new(r, s->s + i, (size_t)l, false); /* iter(Markup) yields str */
             if (!ch) return false;
             out[k++] = v_str(ch);
             i += (size_t)l;
@@ -3020,7 +3029,10 @@ static bool binop(R *r, int op, value a, value b, value *out) {
             }
             double fa = as_f(a), fb = as_f(b);
             if (fa == 0 && fb < 0) return FAIL(r, "0.0 cannot be raised to a negative power");
-            *out = v_float(pow(fa, fb));
+            double pw = pow(fa, fb);
+            if (isinf(pw) && isfinite(fa) && isfinite(fb)) return FAIL(r, "(34, 'Numerical result out of range')");
+            if (isnan(pw) && !isnan(fa) && !isnan(fb)) return FAIL(r, "complex results are not supported");
+            *out = v_float(pw);
             return true;
         }
         break;
@@ -4127,7 +4139,10 @@ static bool percent_format(R *r, const jstr *fmt, value args, value *out) {
             goto fail;
         }
     }
-    if (args.t != T_DICT && used < n) {
+    /* Python: leftover arguments are an error unless the argument counts as a mapping
+       (anything with __getitem__ but a tuple or a str: dict, list, Undefined) */
+    bool mapping = args.t == T_DICT || args.t == T_UNDEF || (args.t == T_LIST && args.flag == L_LIST);
+    if (!mapping && used < n) {
         FAIL(r, "not all arguments converted during string formatting");
         goto fail;
     }
@@ -4151,8 +4166,16 @@ static value str_key(R *r, value v, bool case_sensitive) {
 }
 
 /* jinja2's make_attrgetter: "a.b.0" looked up item by item. */
-static bool attr_path(R *r, value item, value attr, value *out) {
-    if (attr.t != T_STR) return get_item(r, item, attr, out);
+static bool attr_path_d(R *r, value item, value attr, const value *def, value *out);
+static bool attr_path(R *r, value item, value attr, value *out) { return attr_path_d(r, item, attr, NULL, out); }
+
+/* With a default, it replaces an undefined result after every part, as make_attrgetter does. */
+static bool attr_path_d(R *r, value item, value attr, const value *def, value *out) {
+    if (attr.t != T_STR) {
+        if (!get_item(r, item, attr, out)) return false;
+        if (def && out->t == T_UNDEF) *out = *def;
+        return true;
+    }
     const jstr *s = attr.u.s;
     size_t i = 0;
     value cur_v = item;
@@ -4168,6 +4191,7 @@ static bool attr_path(R *r, value item, value attr, value *out) {
             return false;
         }
         if (!get_item(r, cur_v, part, &cur_v)) return false;
+        if (def && cur_v.t == T_UNDEF) cur_v = *def;
         if (e >= s->len) break;
         i = e + 1;
     }
@@ -4384,6 +4408,8 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
     case F_DICTSORT: {
         BIND("dictsort", "case_sensitive", "by", "reverse");
         if (v.t != T_DICT) return FAIL(r, "dictsort needs a dict, not %s", tname(v));
+        if (given(s[2]) && s[2].t != T_INT && s[2].t != T_BOOL) /* sorted(reverse=...) */
+            return FAIL(r, "'%s' object cannot be interpreted as an integer", tname(s[2]));
         bool cs = given(s[0]) && truthy(s[0]), rev = given(s[2]) && truthy(s[2]);
         int pos = 0;
         if (given(s[1])) {
@@ -4622,7 +4648,6 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
         if (v.t == T_STR) {
             return make_slice(r, v, V_NONE, V_NONE, v_int(-1), out);
         }
-        if (v.t == T_LIST && v.flag == L_GEN) return FAIL(r, "argument to reversed() must be a sequence");
         value *items;
         size_t n;
         if (!seq_copy(r, v, &items, &n)) return false;
@@ -4631,7 +4656,8 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
             items[i] = items[n - 1 - i];
             items[n - 1 - i] = t;
         }
-        *out = list_value(r, items, n, L_GEN);
+        /* reversed() of a sequence; a generator is made a list first (jinja2 does so too) */
+        *out = list_value(r, items, n, v.t == T_LIST && v.flag == L_GEN ? L_LIST : L_GEN);
         return out->t == T_LIST;
     }
     case F_ROUND: {
@@ -4674,15 +4700,37 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
     case F_SORT: {
         BIND("sort", "reverse", "case_sensitive", "attribute");
         value *items, *keys;
+        if (given(s[0]) && s[0].t != T_INT && s[0].t != T_BOOL) /* sorted(reverse=...) */
+            return FAIL(r, "'%s' object cannot be interpreted as an integer", tname(s[0]));
         size_t n;
         if (!seq_copy(r, v, &items, &n)) return false;
         keys = n ? ralloc(r, n * sizeof *keys) : NULL;
         if (n && !keys) return false;
         bool cs = given(s[1]) && truthy(s[1]);
+        bool by_attr = given(s[2]) && s[2].t != T_NONE;
+        value attrs = V_NONE; /* make_multi_attrgetter: "a,b" sorts by a, then b */
+        if (by_attr && s[2].t == T_STR) {
+            JSTR_LIT(comma, ",");
+            if (!str_split(r, s[2].u.s, comma, -1, false, &attrs)) return false;
+        } else if (by_attr) {
+            jlist *one = list_new(r, 1);
+            if (!one) return false;
+            one->v[0] = s[2];
+            attrs = v_list(one, L_LIST);
+        }
         for (size_t i = 0; i < n; i++) {
-            value k = items[i];
-            if (given(s[2]) && s[2].t != T_NONE && !attr_path(r, items[i], s[2], &k)) return false;
-            keys[i] = str_key(r, k, cs);
+            if (!by_attr) {
+                keys[i] = str_key(r, items[i], cs);
+                continue;
+            }
+            jlist *kl = list_new(r, attrs.u.l->n);
+            if (!kl) return false;
+            for (size_t j = 0; j < kl->n; j++) {
+                value k;
+                if (!attr_path(r, items[i], attrs.u.l->v[j], &k)) return false;
+                kl->v[j] = str_key(r, k, cs);
+            }
+            keys[i] = v_list(kl, L_LIST);
         }
         if (!sort_values(r, items, keys, n, given(s[0]) && truthy(s[0]))) return false;
         *out = list_value(r, items, n, L_LIST);
@@ -4829,10 +4877,8 @@ static bool filter_map(R *r, value seq, args_t *a, value *out) {
         for (size_t k = 0; k < a->nkw; k++)
             if (!str_eqc(a->kwn[k], "attribute") && !str_eqc(a->kwn[k], "default"))
                 return FAIL(r, "Unexpected keyword argument '%s'", a->kwn[k]->s);
-        for (size_t i = 0; i < n; i++) {
-            if (!attr_path(r, items[i], attr, &res[i])) return false;
-            if (given(def) && res[i].t == T_UNDEF) res[i] = def;
-        }
+        for (size_t i = 0; i < n; i++)
+            if (!attr_path_d(r, items[i], attr, given(def) && def.t != T_NONE ? &def : NULL, &res[i])) return false;
     } else {
         if (a->npos == 0) return FAIL(r, "map requires a filter argument");
         if (a->pos[0].t != T_STR) return FAIL(r, "map filter name must be a string");
@@ -5269,6 +5315,8 @@ static bool call_method(R *r, int id, value self, args_t *a, value *out) {
     }
     case M_SPLITLINES:
         MBIND("splitlines", "keepends");
+        if (given(s[0]) && s[0].t != T_INT && s[0].t != T_BOOL)
+            return FAIL(r, "'%s' object cannot be interpreted as an integer", tname(s[0]));
         return str_splitlines(r, str, given(s[0]) && truthy(s[0]), out);
     case M_ISDIGIT:
     case M_ISALPHA:

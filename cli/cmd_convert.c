@@ -27,7 +27,7 @@ static bool file_exists(const char *p) {
 int cmd_convert_vocab(int argc, char **argv) {
     const char *cmd = "convert-vocab", *out = NULL, *hf_dir = NULL;
     spud_vocab_source src = {0};
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         const char **slot = NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -58,7 +58,6 @@ int cmd_convert_vocab(int argc, char **argv) {
             return 2;
         }
         *slot = val;
-        i++;
     }
     char json_path[4096], cfg_path[4096];
     if (hf_dir) {

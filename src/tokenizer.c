@@ -2174,7 +2174,7 @@ static spud_status spm_fragment(const spud_tokenizer *t, scratch *s, const uint8
             uint32_t c = cp_at(p, i, &k);
             bool space = c == ' ' || c == 0x2581;
             if (space && m > 0 && have_prev && !glued(t, prev)) break;
-            if (!grow(&s->seg, &s->cap_seg, m + SPM_SPACE_LEN, 1)) return nomem();
+            if (!grow(&s->seg, &s->cap_seg, m + 4, 1)) return nomem();
             if (c == ' ') {
                 memcpy(s->seg + m, SPM_SPACE, SPM_SPACE_LEN);
                 m += SPM_SPACE_LEN;
@@ -2397,6 +2397,7 @@ spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t le
     *ids = NULL;
     *n_ids = 0;
     if (!t || (!text && len)) return spud_errorf(SPUD_ERR_INVALID, "spud_tok_encode: no tokenizer or text");
+    if (!text) text = ""; /* no arithmetic on NULL below */
     memset(&s, 0, sizeof s);
     if (!grow(&s.ids, &s.cap_ids, 16 + (len < (1u << 20) ? len / 3 : len / 8), sizeof *s.ids)) goto oom;
     if (add_special && t->add_bos) {
@@ -2422,6 +2423,7 @@ spud_status spud_tok_pre_tokenize(const spud_tokenizer *t, const char *text, siz
                                   void (*fn)(void *ud, const char *piece, size_t len), void *ud) {
     scratch s;
     if (!t || !fn || (!text && len)) return spud_errorf(SPUD_ERR_INVALID, "spud_tok_pre_tokenize: bad arguments");
+    if (!text) text = "";
     memset(&s, 0, sizeof s);
     s.collect = fn;
     s.collect_ud = ud;

@@ -1143,7 +1143,7 @@ Test(tokenizer, nfc_equivalence) {
     }
     /* the words the model sees are NFC, as utf8proc (an independent
      * implementation) makes them, for text in Unicode 15 */
-    static const char *const texts[] = {"A\xCC\x8A" "ffe e\xCC\x81\xCC\x81 \xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB",
+    static const char *const texts[] = {("A\xCC\x8A" "ffe e\xCC\x81\xCC\x81 \xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB"),
                                         "o\xCC\x88\xCC\xA3 \xEF\xAC\x81 \xE2\x84\xA6", "\xE0\xA4\xA8\xE0\xA4\xBC"};
     for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
         piece_log got = {0};

@@ -211,11 +211,12 @@ static void job_swiglu(void *arg, int ith, int nth) {
     fwd *f = arg;
     spud_ctx *c = f->c;
     int64_t s, e;
-    spud_pool_split((int64_t)f->n * c->model->hp.n_ff, ith, nth, &s, &e);
-    for (int64_t j = s; j < e; j++) {
-        float g = c->gate[j];
-        c->gate[j] = g / (1.0f + expf(-g)) * c->up[j];
-    }
+    /* split in whole cache lines */
+    const int64_t n = (int64_t)f->n * c->model->hp.n_ff;
+    spud_pool_split((n + 15) / 16, ith, nth, &s, &e);
+    s *= 16;
+    e = e * 16 < n ? e * 16 : n;
+    if (e > s) spud_swiglu_f32(c->gate + s, c->up + s, e - s);
 }
 
 /* out_rows[j] = rmsnorm(x[out_idx[j]]) * output_norm */

@@ -27,6 +27,7 @@
 
 typedef float (*spud_dot_f32_fn)(const float *a, const float *b, int64_t n);
 typedef void (*spud_axpy_f32_fn)(float *y, float a, const float *x, int64_t n);
+typedef void (*spud_swiglu_fn)(float *g, const float *u, int64_t n);
 
 typedef enum {
     SPUD_ISA_SCALAR = 0,
@@ -48,6 +49,7 @@ typedef struct {
     spud_dot_f32_fn dot_f32;
     spud_axpy_f32_fn axpy_f32;
     spud_attn_fn attn; /* NULL: the reference */
+    spud_swiglu_fn swiglu_f32;
 } spud_kernel_set;
 
 extern const spud_kernel_set spud_kernels_scalar;
@@ -81,6 +83,9 @@ void spud_dequant_q4_K_avx2(const void *x, float *y, int64_t n);
 void spud_dequant_q6_K_avx2(const void *x, float *y, int64_t n);
 float spud_dot_f32_avx2(const float *a, const float *b, int64_t n);
 void spud_axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
+void spud_swiglu_f32_avx2(float *g, const float *u, int64_t n);
+void spud_attn_avx2(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
+                    const void *v, float *out, float *work);
 
 /* ---- AVX-512 (kernels_avx512.c) ---- */
 void spud_vec_dot_f32_avx512(int64_t n, float *s, const void *w, const void *x);
@@ -100,6 +105,7 @@ void spud_dequant_q4_K_avx512(const void *x, float *y, int64_t n);
 void spud_dequant_q6_K_avx512(const void *x, float *y, int64_t n);
 float spud_dot_f32_avx512(const float *a, const float *b, int64_t n);
 void spud_axpy_f32_avx512(float *y, float a, const float *x, int64_t n);
+void spud_swiglu_f32_avx512(float *g, const float *u, int64_t n);
 void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
                       const void *v, float *out, float *work);
 void spud_gemm_q4_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,

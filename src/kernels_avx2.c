@@ -15,6 +15,7 @@
 #include "kernels.h" /* first: sets the floating-point contraction mode */
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 static inline float hsum_ps(__m256 v) {
@@ -506,6 +507,183 @@ void spud_dequant_q6_K_avx2(const void *vx, float *y, int64_t n) {
     }
 }
 
+/* ---- e^x and SwiGLU ---- */
+
+/* e^x: round(x / ln 2), a degree-6 Taylor polynomial of the remainder
+ * (|r| <= ln2 / 2, relative error about 2^-23), times 2^n built in the
+ * exponent field; exactly 0 below -87 (and for NaN), +inf above 88.72. */
+static inline __m256 exp_avx2(__m256 x) {
+    const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.f), _CMP_GE_OQ);
+    const __m256 huge = _mm256_cmp_ps(x, _mm256_set1_ps(88.72f), _CMP_GT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723212e-6f), r);
+    __m256 p = _mm256_set1_ps(1.f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    /* 2^n, n in [-126, 127]: the biased exponent n + 127 in bits 23..30 */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_blendv_ps(_mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live),
+                            _mm256_set1_ps(INFINITY), huge);
+}
+
+/* g = silu(g) * u = g / (1 + e^-g) * u */
+void spud_swiglu_f32_avx2(float *g, const float *u, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x)));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, den), _mm256_loadu_ps(u + i)));
+    }
+    if (i < n) spud_swiglu_f32_ref(g + i, u + i, n - i);
+}
+
+/* ---- attention (see kernels_avx512.c; 8-wide here) ----
+ *
+ * For a tile of 64 positions and 4 queries: scores 16 positions at a time
+ * (8 ymm accumulators: 2 K loads feed 8 FMAs) into a small score buffer,
+ * softmax over the buffer, then the output rows 16 dimensions at a time
+ * (2 V loads feed 8 FMAs). */
+
+#define ATTN_PREFETCH 2
+
+static inline __m256 load_kv8(const void *base, size_t i, const bool f16) {
+    if (f16) return _mm256_cvtph_ps(LOADU128((const spud_f16 *)base + i));
+    return _mm256_loadu_ps((const float *)base + i);
+}
+
+static inline __attribute__((always_inline)) void attn_impl_avx2(const bool f16, int hd, int nq, const float *q,
+                                                               const int32_t *last, const void *k, const void *v,
+                                                               float *out, float *work) {
+    float *O = work;                                /* SPUD_ATTN_MAX_Q x hd */
+    float *P = work + (size_t)SPUD_ATTN_MAX_Q * hd; /* 4 x SPUD_ATTN_SPAN */
+    float m[SPUD_ATTN_MAX_Q], l[SPUD_ATTN_MAX_Q];
+    int32_t lim[SPUD_ATTN_MAX_Q];
+    const float *qp[SPUD_ATTN_MAX_Q];
+    const int ng = (nq + 3) / 4;
+    int32_t n_kv = 0;
+    for (int j = 0; j < 4 * ng; j++) {
+        const int jj = j < nq ? j : nq - 1;
+        qp[j] = q + (size_t)jj * hd;
+        lim[j] = last[jj];
+        if (lim[j] + 1 > n_kv) n_kv = lim[j] + 1;
+        m[j] = -INFINITY;
+        l[j] = 0.f;
+        memset(O + (size_t)j * hd, 0, (size_t)hd * sizeof(float));
+    }
+    const size_t es = f16 ? 2 : 4;
+    const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int t0 = 0; t0 < n_kv; t0 += SPUD_ATTN_SPAN) {
+        const int tn = n_kv - t0 < SPUD_ATTN_SPAN ? n_kv - t0 : SPUD_ATTN_SPAN;
+        const char *kt = (const char *)k + (size_t)t0 * hd * es;
+        {
+            const char *pk = kt + (size_t)ATTN_PREFETCH * SPUD_ATTN_SPAN * hd * es;
+            const char *pv = (const char *)v + ((size_t)t0 + ATTN_PREFETCH * SPUD_ATTN_SPAN) * hd * es;
+            for (size_t off = 0; off < SPUD_ATTN_SPAN * (size_t)hd * es; off += 64) {
+                _mm_prefetch(pk + off, _MM_HINT_T0);
+                _mm_prefetch(pv + off, _MM_HINT_T0);
+            }
+        }
+        for (int gi = 0; gi < ng; gi++) {
+            const float *const *qg = qp + 4 * gi;
+            float corr[4];
+            for (int b = 0; b < 4; b++) { /* scores of positions t0 + 16b .. + 15 into P */
+                const char *kb = kt + (size_t)b * SPUD_KV_TILE * hd * es;
+                __m256 s[4][2];
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) s[j][0] = s[j][1] = _mm256_setzero_ps();
+                for (int i = 0; i < hd; i++) {
+                    const __m256 k0 = load_kv8(kb, (size_t)i * SPUD_KV_TILE, f16);
+                    const __m256 k1 = load_kv8(kb, (size_t)i * SPUD_KV_TILE + 8, f16);
+#pragma GCC unroll 4
+                    for (int j = 0; j < 4; j++) {
+                        const __m256 qb = _mm256_broadcast_ss(&qg[j][i]);
+                        s[j][0] = _mm256_fmadd_ps(qb, k0, s[j][0]);
+                        s[j][1] = _mm256_fmadd_ps(qb, k1, s[j][1]);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    /* positions past last[j] get -inf */
+                    const __m256 limit = _mm256_set1_ps((float)(lim[4 * gi + j] - t0 - 16 * b));
+                    const __m256 ok0 = _mm256_cmp_ps(iota, limit, _CMP_LE_OQ);
+                    const __m256 ok1 = _mm256_cmp_ps(_mm256_add_ps(iota, _mm256_set1_ps(8.f)), limit, _CMP_LE_OQ);
+                    _mm256_storeu_ps(P + j * SPUD_ATTN_SPAN + 16 * b,
+                                     _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s[j][0], ok0));
+                    _mm256_storeu_ps(P + j * SPUD_ATTN_SPAN + 16 * b + 8,
+                                     _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s[j][1], ok1));
+                }
+            }
+            for (int j = 0; j < 4; j++) {
+                const int jq = 4 * gi + j;
+                float *pj = P + j * SPUD_ATTN_SPAN;
+                __m256 mx = _mm256_loadu_ps(pj);
+                for (int e = 8; e < SPUD_ATTN_SPAN; e += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(pj + e));
+                const float mt = hmax_ps(mx);
+                const float mnew = mt > m[jq] ? mt : m[jq];
+                corr[j] = _mm256_cvtss_f32(exp_avx2(_mm256_set1_ps(m[jq] - mnew)));
+                const __m256 vm = _mm256_set1_ps(mnew);
+                __m256 sum = _mm256_setzero_ps();
+                for (int e = 0; e < SPUD_ATTN_SPAN; e += 8) {
+                    const __m256 p = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(pj + e), vm));
+                    sum = _mm256_add_ps(sum, p);
+                    _mm256_storeu_ps(pj + e, p);
+                }
+                l[jq] = l[jq] * corr[j] + hsum_ps(sum);
+                m[jq] = mnew;
+            }
+            float *Og = O + (size_t)4 * gi * hd;
+            for (int d0 = 0; d0 < hd; d0 += 16) {
+                __m256 o[4][2];
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    const __m256 c = _mm256_set1_ps(corr[j]);
+                    o[j][0] = _mm256_mul_ps(_mm256_loadu_ps(Og + (size_t)j * hd + d0), c);
+                    o[j][1] = _mm256_mul_ps(_mm256_loadu_ps(Og + (size_t)j * hd + d0 + 8), c);
+                }
+                for (int t = 0; t < tn; t++) {
+                    const __m256 v0 = load_kv8(v, (size_t)(t0 + t) * hd + d0, f16);
+                    const __m256 v1 = load_kv8(v, (size_t)(t0 + t) * hd + d0 + 8, f16);
+#pragma GCC unroll 4
+                    for (int j = 0; j < 4; j++) {
+                        const __m256 pb = _mm256_broadcast_ss(&P[j * SPUD_ATTN_SPAN + t]);
+                        o[j][0] = _mm256_fmadd_ps(pb, v0, o[j][0]);
+                        o[j][1] = _mm256_fmadd_ps(pb, v1, o[j][1]);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    _mm256_storeu_ps(Og + (size_t)j * hd + d0, o[j][0]);
+                    _mm256_storeu_ps(Og + (size_t)j * hd + d0 + 8, o[j][1]);
+                }
+            }
+        }
+    }
+    for (int j = 0; j < nq; j++) {
+        const __m256 inv = _mm256_set1_ps(1.f / l[j]);
+        for (int i = 0; i < hd; i += 8)
+            _mm256_storeu_ps(out + (size_t)j * hd + i, _mm256_mul_ps(_mm256_loadu_ps(O + (size_t)j * hd + i), inv));
+    }
+}
+
+void spud_attn_avx2(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
+                    const void *v, float *out, float *work) {
+    if (hd % 16 || nq < 1 || nq > SPUD_ATTN_MAX_Q || (kv_type != SPUD_TYPE_F16 && kv_type != SPUD_TYPE_F32)) {
+        spud_attn_ref(hd, nq, q, last, kv_type, k, v, out, work);
+        return;
+    }
+    if (kv_type == SPUD_TYPE_F16)
+        attn_impl_avx2(true, hd, nq, q, last, k, v, out, work);
+    else
+        attn_impl_avx2(false, hd, nq, q, last, k, v, out, work);
+}
+
 const spud_kernel_set spud_kernels_avx2 = {
     .name = "avx2",
     .vec_dot = {
@@ -531,4 +709,6 @@ const spud_kernel_set spud_kernels_avx2 = {
     },
     .dot_f32 = spud_dot_f32_avx2,
     .axpy_f32 = spud_axpy_f32_avx2,
+    .attn = spud_attn_avx2,
+    .swiglu_f32 = spud_swiglu_f32_avx2,
 };

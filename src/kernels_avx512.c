@@ -882,10 +882,10 @@ void spud_gemm_q6_K_avx512(int64_t k, const void *w, size_t rb, int nr, const sp
  * feeds 4 FMAs). The tile's K and V stay in L1 while the next group of 4
  * queries uses them. */
 
-/* e^x for x <= 0: round(x / ln 2) and a degree-6 Taylor polynomial of the
- * remainder (|r| <= ln2 / 2, relative error about 2^-23), scaled by
- * vscalefps; exactly 0 below -87 (and for -inf and NaN), so masked
- * positions weigh nothing. */
+/* e^x: round(x / ln 2) and a degree-6 Taylor polynomial of the remainder
+ * (|r| <= ln2 / 2, relative error about 2^-23), scaled by vscalefps (which
+ * overflows to +inf above 88.72); exactly 0 below -87 (and for -inf and
+ * NaN), so masked positions weigh nothing. */
 static inline __m512 exp_512(__m512 x) {
     const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
@@ -908,6 +908,17 @@ static inline __m512 exp_512(__m512 x) {
 #ifndef ATTN_PREFETCH
 #define ATTN_PREFETCH 2
 #endif
+
+/* g = silu(g) * u = g / (1 + e^-g) * u */
+void spud_swiglu_f32_avx512(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 e = exp_512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        const __m512 r = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(r, _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
 
 static inline __m512 load_kv16(const void *base, size_t i, const bool f16) {
     if (f16) return _mm512_cvtph_ps(LOADU256((const spud_f16 *)base + i));
@@ -1085,4 +1096,5 @@ const spud_kernel_set spud_kernels_avx512 = {
     .dot_f32 = spud_dot_f32_avx512,
     .axpy_f32 = spud_axpy_f32_avx512,
     .attn = spud_attn_avx512,
+    .swiglu_f32 = spud_swiglu_f32_avx512,
 };

@@ -175,6 +175,10 @@ void spud_axpy_f32_ref(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+void spud_swiglu_f32_ref(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 /* ------------------------------------------------------------------------ */
 /* Q8_0: x = d * q, q in [-127, 127], d = amax / 127 (fp16)                  */
 /* ------------------------------------------------------------------------ */
@@ -793,6 +797,7 @@ bool spud_cpu_has(spud_isa isa) {
 static _Atomic(spud_dot_f32_fn) dot_f32_fn = spud_dot_f32_ref;
 static _Atomic(spud_axpy_f32_fn) axpy_f32_fn = spud_axpy_f32_ref;
 static _Atomic(spud_attn_fn) attn_fn = spud_attn_ref;
+static _Atomic(spud_swiglu_fn) swiglu_fn = spud_swiglu_f32_ref;
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *init_isa; /* NULL until the first call; guarded by init_lock */
@@ -810,6 +815,10 @@ const char *spud_kernels_init(bool force_scalar) {
             if (spud_cpu_has(SPUD_ISA_AVX512)) isa = SPUD_ISA_AVX512;
             else if (spud_cpu_has(SPUD_ISA_AVX2)) isa = SPUD_ISA_AVX2;
         }
+        /* SPUD_ISA caps the choice (to measure or test a lower set here) */
+        const char *cap = getenv("SPUD_ISA");
+        if (cap && !strcmp(cap, "avx2") && isa > SPUD_ISA_AVX2) isa = SPUD_ISA_AVX2;
+        if (cap && !strcmp(cap, "scalar")) isa = SPUD_ISA_SCALAR;
         const spud_kernel_set *ks = spud_kernel_set_get(isa);
         for (int t = 0; t < SPUD_TYPE_COUNT; t++) {
             spud_type_info *ti = &type_table[t];
@@ -826,6 +835,7 @@ const char *spud_kernels_init(bool force_scalar) {
         atomic_store_explicit(&axpy_f32_fn, ks->axpy_f32 ? ks->axpy_f32 : spud_axpy_f32_ref,
                               memory_order_relaxed);
         atomic_store_explicit(&attn_fn, ks->attn ? ks->attn : spud_attn_ref, memory_order_relaxed);
+        atomic_store_explicit(&swiglu_fn, ks->swiglu_f32 ? ks->swiglu_f32 : spud_swiglu_f32_ref, memory_order_relaxed);
         init_isa = ks->name;
         spud_log(SPUD_LOG_DEBUG, "kernels: %s", init_isa);
     }
@@ -943,4 +953,8 @@ void spud_attn_ref(int hd, int nq, const float *q, const int32_t *last, spud_typ
 void spud_attn(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k, const void *v,
                float *out, float *work) {
     atomic_load_explicit(&attn_fn, memory_order_relaxed)(hd, nq, q, last, kv_type, k, v, out, work);
+}
+
+void spud_swiglu_f32(float *g, const float *u, int64_t n) {
+    atomic_load_explicit(&swiglu_fn, memory_order_relaxed)(g, u, n);
 }

@@ -134,8 +134,8 @@ int spud_type_from_name(const char *name);
 size_t spud_row_size(spud_type t, int64_t n);
 
 /* Pick SIMD variants for this CPU (idempotent, thread-safe). `force_scalar`
- * (also env SPUD_SCALAR=1) keeps the references. Returns the chosen ISA name
- * ("avx512", "avx2", "scalar"). */
+ * (also env SPUD_SCALAR=1) keeps the references; env SPUD_ISA=avx2 or scalar
+ * caps the choice. Returns the chosen ISA name ("avx512", "avx2", "scalar"). */
 const char *spud_kernels_init(bool force_scalar);
 
 /* fp16 / bf16 conversions (exact; round to nearest even on the way down). */
@@ -216,5 +216,9 @@ void spud_attn(int hd, int nq, const float *q, const int32_t *last, spud_type kv
 float spud_dot_f32(const float *a, const float *b, int64_t n);
 /* y += a * x */
 void spud_axpy_f32(float *y, float a, const float *x, int64_t n);
+/* g[i] = silu(g[i]) * u[i] = g[i] / (1 + e^-g[i]) * u[i] (SwiGLU); the SIMD
+ * versions' exp is within a few ulp of expf. */
+void spud_swiglu_f32(float *g, const float *u, int64_t n);
+void spud_swiglu_f32_ref(float *g, const float *u, int64_t n);
 
 #endif

@@ -18,6 +18,8 @@
  *     (integer sums are exact; only the float scaling/summation order differs);
  *   - f32, f16, bf16 dots and spud_dot_f32: |dot - exact| <= (n/8 + 16) * 2^-23 * M;
  *   - spud_axpy_f32: per element |simd - ref| <= 2^-23 * (|y| + |a*x|) (FMA vs mul+add);
+ *   - spud_swiglu_f32: per element |simd - ref| <= 16 * 2^-23 * |ref| + 1e-35
+ *     (polynomial exp; silu of very negative inputs is below 1e-36 either way);
  *   - gemm kernels (matrix-matrix, quantized weights): every output within
  *     (ng + 8) * 2^-23 * M of exact, ng = k / gemm_group (each group's integer
  *     sum is exact; groups are scaled and summed in float), and within that
@@ -1374,6 +1376,39 @@ static void check_f32_helpers(spud_dot_f32_fn dot, spud_axpy_f32_fn axpy, const 
         buf_free(y);
         free(yr);
     }
+}
+
+Test(simd, swiglu) {
+    spud_kernels_init(false);
+    const int64_t n = 4099;
+    float *g = malloc(n * 4), *u = malloc(n * 4), *want = malloc(n * 4), *got = malloc(n * 4);
+    for (int pat = 0; pat < PAT_COUNT; pat++) {
+        fill(g, n, pat, 3);
+        fill(u, n, PAT_GAUSS, 4);
+        if (pat == PAT_BITS)
+            for (int64_t i = 0; i < n; i++) g[i] = fmaxf(fminf(g[i], 1e30f), -1e30f);
+        g[0] = 100.f, g[1] = -100.f, g[2] = 0.f, g[3] = -87.5f, g[4] = 88.5f;
+        memcpy(want, g, n * 4);
+        spud_swiglu_f32_ref(want, u, n);
+        const spud_kernel_set *sets[2];
+        for (int s = 0, ns = simd_sets(sets); s <= ns; s++) {
+            memcpy(got, g, n * 4);
+            if (s < ns) {
+                if (!sets[s]->swiglu_f32) continue;
+                sets[s]->swiglu_f32(got, u, n);
+            } else {
+                spud_swiglu_f32(got, u, n);
+            }
+            for (int64_t i = 0; i < n; i++)
+                cr_assert(fabs((double)got[i] - want[i]) <= 16 * FLT_EPSILON * fabs(want[i]) + 1e-35,
+                          "swiglu %s %s element %lld: g %a u %a: %a vs ref %a", s < ns ? sets[s]->name : "dispatched",
+                          pat_names[pat], (long long)i, (double)g[i], (double)u[i], (double)got[i], (double)want[i]);
+        }
+    }
+    free(g);
+    free(u);
+    free(want);
+    free(got);
 }
 
 Test(simd, f32_helpers) {

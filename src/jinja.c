@@ -5039,6 +5039,7 @@ static bool mapping_args(R *r, const char *fname, args_t *a, jdict *d) {
     if (a->npos > 1) return FAIL(r, "%s expected at most 1 argument, got %zu", fname, a->npos);
     if (a->npos == 1) {
         value m = a->pos[0];
+        if (m.t == T_UNDEF) return undef_error(r, m); /* dict() looks up .keys on it */
         if (m.t == T_DICT) {
             for (size_t i = 0; i < m.u.d->n; i++)
                 if (!dict_set(r, d, m.u.d->k[i], m.u.d->v[i])) return false;

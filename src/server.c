@@ -355,6 +355,7 @@ static enum MHD_Result respond_gen(struct MHD_Connection *c, spud_server *s, srv
 
 /* ---- routing ---- */
 
+/* Routes, also without the /v1 prefix (as llama.cpp accepts them). */
 static srv_route route_of(const char *url) {
     static const struct {
         const char *path;
@@ -370,10 +371,21 @@ static srv_route route_of(const char *url) {
         {"/tokenize", ROUTE_TOKENIZE},
         {"/detokenize", ROUTE_DETOKENIZE},
     };
-    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-        if (!strcmp(url, routes[i].path)) return routes[i].route;
-    if (!strncmp(url, "/v1/responses/", 14) && url[14]) return ROUTE_RESPONSES;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        const char *p = routes[i].path;
+        if (!strcmp(url, p) || (!strncmp(p, "/v1/", 4) && !strcmp(url, p + 3))) return routes[i].route;
+    }
+    if (!strncmp(url, "/v1/", 4)) url += 3;
+    if (!strncmp(url, "/responses/", 11) && url[11]) return ROUTE_RESPONSES;
+    if (!strncmp(url, "/models/", 8) && url[8]) return ROUTE_MODELS;
     return ROUTE_OTHER;
+}
+
+/* The ID of GET .../PREFIX/ID, or NULL. */
+static const char *route_id(const char *url, const char *prefix) {
+    if (!strncmp(url, "/v1/", 4)) url += 3;
+    size_t n = strlen(prefix);
+    return !strncmp(url, prefix, n) && url[n] ? url + n : NULL;
 }
 
 /* Constant-time check of "Bearer KEY" against every configured key. */
@@ -427,9 +439,8 @@ static json_object *parse_body(const srv_conn *sc, srv_error *e) {
     return o;
 }
 
-static enum MHD_Result route_models(struct MHD_Connection *c, spud_server *s) {
-    json_object *o = json_object_new_object(), *data = json_object_new_array(),
-                *m = json_object_new_object(), *meta = json_object_new_object();
+static json_object *model_json(spud_server *s) {
+    json_object *m = json_object_new_object(), *meta = json_object_new_object();
     json_object_object_add(m, "id", json_object_new_string(s->model_id));
     json_object_object_add(m, "object", json_object_new_string("model"));
     json_object_object_add(m, "created", json_object_new_int64(s->created));
@@ -439,7 +450,22 @@ static enum MHD_Result route_models(struct MHD_Connection *c, spud_server *s) {
     json_object_object_add(meta, "n_vocab", json_object_new_int(spud_model_n_vocab(s->model)));
     json_object_object_add(meta, "n_ctx_train", json_object_new_int64(spud_model_n_ctx_train(s->model)));
     json_object_object_add(m, "meta", meta);
-    json_object_array_add(data, m);
+    return m;
+}
+
+static enum MHD_Result route_models(struct MHD_Connection *c, spud_server *s, const char *url) {
+    const char *id = route_id(url, "/models/");
+    if (id) {
+        if (strcmp(id, s->model_id)) {
+            srv_error e;
+            srv_fail(&e, 404, "model", "the model '%s' does not exist (this server serves '%s')", id, s->model_id);
+            e.code = "model_not_found";
+            return send_error(c, s, ROUTE_MODELS, &e);
+        }
+        return send_json(c, s, ROUTE_MODELS, 200, model_json(s));
+    }
+    json_object *o = json_object_new_object(), *data = json_object_new_array();
+    json_object_array_add(data, model_json(s));
     json_object_object_add(o, "object", json_object_new_string("list"));
     json_object_object_add(o, "data", data);
     return send_json(c, s, ROUTE_MODELS, 200, o);
@@ -449,7 +475,8 @@ static enum MHD_Result dispatch(struct MHD_Connection *c, spud_server *s, srv_co
                                 const char *method) {
     srv_error e;
     srv_route route = sc->route;
-    bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
+    bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST"),
+         del = !strcmp(method, "DELETE");
     int state = atomic_load(&s->state);
 
     if (route == ROUTE_HEALTH) {
@@ -485,16 +512,28 @@ static enum MHD_Result dispatch(struct MHD_Connection *c, spud_server *s, srv_co
         srv_fail(&e, 503, "", state == SRV_LOADING ? "loading the model" : "the server is shutting down");
         return send_error(c, s, route, &e);
     }
-    bool is_get_route = route == ROUTE_MODELS || (route == ROUTE_RESPONSES && strcmp(url, "/v1/responses"));
+    const char *resp_id = route == ROUTE_RESPONSES ? route_id(url, "/responses/") : NULL;
+    bool is_get_route = route == ROUTE_MODELS || resp_id;
+    if (resp_id && del) {
+        if (!srv_responses_delete(s, resp_id)) {
+            srv_fail(&e, 404, "", "no stored response with id '%s'", resp_id);
+            return send_error(c, s, route, &e);
+        }
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "id", json_object_new_string(resp_id));
+        json_object_object_add(o, "object", json_object_new_string("response"));
+        json_object_object_add(o, "deleted", json_object_new_boolean(true));
+        return send_json(c, s, route, 200, o);
+    }
     if (is_get_route ? !get : !post) {
         srv_fail(&e, 405, "", "%s does not accept %s", url, method);
         return send_error(c, s, route, &e);
     }
-    if (route == ROUTE_MODELS) return route_models(c, s);
-    if (route == ROUTE_RESPONSES && is_get_route) {
-        json_object *o = srv_responses_get(s, url + 14);
+    if (route == ROUTE_MODELS) return route_models(c, s, url);
+    if (resp_id) {
+        json_object *o = srv_responses_get(s, resp_id);
         if (!o) {
-            srv_fail(&e, 404, "", "no stored response with id '%s'", url + 14);
+            srv_fail(&e, 404, "", "no stored response with id '%s'", resp_id);
             return send_error(c, s, route, &e);
         }
         return send_json(c, s, route, 200, o);

@@ -226,5 +226,7 @@ json_object *srv_responses_final(srv_gen *g);
 void srv_responses_store(srv_gen *g);
 /* GET /v1/responses/ID: a copy of the stored response, or NULL. */
 json_object *srv_responses_get(spud_server *s, const char *id);
+/* DELETE /v1/responses/ID: false if there is no such response. */
+bool srv_responses_delete(spud_server *s, const char *id);
 
 #endif

@@ -391,7 +391,7 @@ static void stream_chunk(srv_gen *g, int32_t c, const char *text, size_t len, bo
 void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d) {
     srv_choice *ch = &g->ch[c];
     bool chat = g->api == API_CHAT;
-    if (!ch->role_sent) {
+    if (!ch->role_sent && (d->n_gen > 0 || d->finish)) { /* with the first token, as OpenAI does */
         ch->role_sent = true;
         if (chat)
             stream_chunk(g, c, "", 0, true, NULL, NULL);

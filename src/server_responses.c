@@ -89,6 +89,15 @@ json_object *srv_responses_get(spud_server *s, const char *id) {
     return o;
 }
 
+bool srv_responses_delete(spud_server *s, const char *id) {
+    pthread_mutex_lock(&s->store.mu);
+    srv_store_entry *e = store_find(&s->store, id);
+    if (e) store_unlink(&s->store, e);
+    pthread_mutex_unlock(&s->store.mu);
+    if (e) entry_free(e);
+    return e != NULL;
+}
+
 /* ---- input items -> chat messages ---- */
 
 static bool item_text(json_object *content, const char *param, json_object **out, srv_error *e) {

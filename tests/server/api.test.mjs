@@ -19,6 +19,12 @@ test('health and models', async () => {
   assert.equal(models.data.length, 1);
   assert.equal(models.data[0].id, 'tiny.gguf');
   assert.equal(models.data[0].object, 'model');
+  assert.equal((await c.models.retrieve('tiny.gguf')).id, 'tiny.gguf');
+  await assert.rejects(c.models.retrieve('gpt-9'), (e) => e instanceof OpenAI.NotFoundError);
+  // the routes answer without the /v1 prefix too
+  const r = await raw(A, '/chat/completions', { body: { ...greedy, max_tokens: 1 } });
+  assert.equal(r.status, 200, r.text);
+  assert.equal((await raw(A, '/models', { method: 'GET' })).json.data[0].id, 'tiny.gguf');
 });
 
 test('chat: non-streaming shape, usage, finish_reason length', async () => {
@@ -301,6 +307,10 @@ test('responses: create, stream, retrieve, previous_response_id, instructions, s
   // stored: retrieve it, and continue the conversation
   const got = await c.responses.retrieve(r1.id);
   assert.equal(got.output[0].content[0].text, r1.output_text);
+  const tmp = await c.responses.create({ model: 'm', input: 'Forget me', max_output_tokens: 1 });
+  await c.responses.delete(tmp.id);
+  await assert.rejects(c.responses.retrieve(tmp.id), (e) => e instanceof OpenAI.NotFoundError);
+  await assert.rejects(c.responses.delete(tmp.id), (e) => e instanceof OpenAI.NotFoundError);
   const r2 = await c.responses.create({ model: 'm', input: 'And then?', previous_response_id: r1.id, max_output_tokens: 4, temperature: 0 });
   assert.equal(r2.previous_response_id, r1.id);
   // the second prompt holds the first turn: at least its prompt is reused from the cache

@@ -507,6 +507,277 @@ void spud_dequant_q6_K_avx2(const void *vx, float *y, int64_t n) {
     }
 }
 
+/* ---- matrix-matrix products (prefill) ----
+ *
+ * As in kernels_avx512.c, with 8 weight rows per call (one per 32-bit lane of
+ * a ymm) and up to 4 activation rows per micro-tile, but without VNNI: a
+ * group's 4-byte steps go through maddubs (u8 x s8 -> s16 pairs), whose sums
+ * are added in 16 bits for as many steps as cannot overflow (4 for nibbles,
+ * 2 for q6_K's 6-bit values), then widened with one madd. q8_0 weights are
+ * signed: |w| against the activation with w's sign, one step at a time, and
+ * no offset. */
+
+#define GEMM2_ROWS 8
+#define GEMM2_KC 512
+#define GEMM2_NC 4
+
+/* out[j] = dword j of rows src + r * stride (lane r), 8 rows of 8 dwords. */
+static inline void transpose_8x8(const uint8_t *src, size_t stride, __m256i out[8]) {
+    __m256i z[8], t[8], u[8];
+    for (int a = 0; a < 8; a++) z[a] = LOADU256(src + a * stride);
+    for (int a = 0; a < 8; a += 2) {
+        t[a] = _mm256_unpacklo_epi32(z[a], z[a + 1]);
+        t[a + 1] = _mm256_unpackhi_epi32(z[a], z[a + 1]);
+    }
+    for (int a = 0; a < 8; a += 4) {
+        u[a] = _mm256_unpacklo_epi64(t[a], t[a + 2]);     /* columns 0 | 4 of rows a..a+3 */
+        u[a + 1] = _mm256_unpackhi_epi64(t[a], t[a + 2]); /* 1 | 5 */
+        u[a + 2] = _mm256_unpacklo_epi64(t[a + 1], t[a + 3]); /* 2 | 6 */
+        u[a + 3] = _mm256_unpackhi_epi64(t[a + 1], t[a + 3]); /* 3 | 7 */
+    }
+    for (int c = 0; c < 4; c++) {
+        out[c] = _mm256_permute2x128_si256(u[c], u[c + 4], 0x20);
+        out[c + 4] = _mm256_permute2x128_si256(u[c], u[c + 4], 0x31);
+    }
+}
+
+static inline size_t panel2_group_bytes(int gs, bool mins) { return (size_t)gs * 8 + 32 + (mins ? 32 : 0); }
+
+static inline float *panel2_scales(uint8_t *panel, int g, int gs, bool mins) {
+    return (float *)(void *)(panel + (size_t)g * panel2_group_bytes(gs, mins) + gs * 8);
+}
+
+static inline void panel2_transpose(const uint8_t *vals, int kc, int gs, bool mins, uint8_t *panel) {
+    const size_t gb = panel2_group_bytes(gs, mins);
+    for (int e = 0; e < kc; e += 32) {
+        __m256i o[8];
+        transpose_8x8(vals + e, GEMM2_KC, o);
+        if (gs == 32) {
+            uint8_t *p = panel + (size_t)(e / 32) * gb;
+            for (int j = 0; j < 8; j++) _mm256_store_si256((__m256i *)(void *)(p + 32 * j), o[j]);
+        } else {
+            uint8_t *p0 = panel + (size_t)(e / 16) * gb, *p1 = p0 + gb;
+            for (int j = 0; j < 4; j++) {
+                _mm256_store_si256((__m256i *)(void *)(p0 + 32 * j), o[j]);
+                _mm256_store_si256((__m256i *)(void *)(p1 + 32 * j), o[j + 4]);
+            }
+        }
+    }
+}
+
+static inline int32_t load_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* STEPS: 4-byte steps summed in 16 bits before widening; SIGNED: q8_0. */
+static inline __attribute__((always_inline)) void gemm2_tile(const uint8_t *panel, int ng, const int gs,
+                                                           const bool mins, const int STEPS, const bool SIGNED,
+                                                           const int8_t *xq, size_t x_stride, const float *dx,
+                                                           const float *aux, size_t s_stride, const int NC, float *y,
+                                                           size_t ldy, int nr, bool first) {
+    __m256 f[GEMM2_NC];
+    _Alignas(32) float tmp[8];
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; c++) {
+        if (first) {
+            f[c] = _mm256_setzero_ps();
+        } else {
+            for (int r = 0; r < 8; r++) tmp[r] = r < nr ? y[c * ldy + r] : 0.f;
+            f[c] = _mm256_load_ps(tmp);
+        }
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t gb = panel2_group_bytes(gs, mins);
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *pg = panel + (size_t)g * gb;
+        const __m256 S = _mm256_load_ps((const float *)(const void *)(pg + gs * 8));
+#pragma GCC unroll 4
+        for (int c = 0; c < NC; c++) {
+            const int8_t *xc = xq + c * x_stride + (size_t)g * gs;
+            const size_t si = c * s_stride + (size_t)g;
+            __m256i acc = (mins || SIGNED) ? _mm256_setzero_si256() : _mm256_set1_epi32(load_i32(aux + si));
+#pragma GCC unroll 8
+            for (int j = 0; j < gs / 4; j += STEPS) {
+                __m256i t = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                for (int jj = j; jj < j + STEPS; jj++) {
+                    const __m256i w = _mm256_load_si256((const __m256i *)(const void *)(pg + 32 * jj));
+                    const __m256i xb = _mm256_set1_epi32(load_i32(xc + 4 * jj));
+                    t = SIGNED ? _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xb, w))
+                               : _mm256_add_epi16(t, _mm256_maddubs_epi16(w, xb));
+                }
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(t, ones));
+            }
+            f[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(S, _mm256_set1_ps(dx[si])), f[c]);
+            if (mins)
+                f[c] = _mm256_fnmadd_ps(_mm256_load_ps((const float *)(const void *)(pg + gs * 8 + 32)),
+                                        _mm256_set1_ps(aux[si]), f[c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; c++) {
+        if (nr == 8) {
+            _mm256_storeu_ps(y + c * ldy, f[c]);
+        } else {
+            _mm256_store_ps(tmp, f[c]);
+            for (int r = 0; r < nr; r++) y[c * ldy + r] = tmp[r];
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void gemm2_chunk(const uint8_t *panel, int kc, const int gs,
+                                                            const bool mins, const int STEPS, const bool SIGNED,
+                                                            int64_t k, int64_t k0, const spud_gemm_x *x, int nc,
+                                                            float *y, size_t ldy, int nr) {
+    const int ng = kc / gs;
+    const int64_t ng_all = k / gs;
+    const bool first = k0 == 0;
+    for (int c0 = 0; c0 < nc; c0 += GEMM2_NC) {
+        const int8_t *xq = (const int8_t *)x->x + (size_t)c0 * x->x_stride + k0;
+        const float *dx = x->s + (size_t)c0 * x->s_stride + k0 / gs;
+        const float *aux = dx + ng_all;
+        float *yc = y + (size_t)c0 * ldy;
+#define TILE2(n) gemm2_tile(panel, ng, gs, mins, STEPS, SIGNED, xq, x->x_stride, dx, aux, x->s_stride, n, yc, ldy, nr, first)
+        switch (nc - c0 < GEMM2_NC ? nc - c0 : GEMM2_NC) {
+        case 4: TILE2(4); break;
+        case 3: TILE2(3); break;
+        case 2: TILE2(2); break;
+        default: TILE2(1); break;
+        }
+#undef TILE2
+    }
+}
+
+static void zero_row2(uint8_t *vals, uint8_t *panel, int r, int kc, int gs, bool mins) {
+    memset(vals + (size_t)r * GEMM2_KC, 0, (size_t)kc);
+    for (int g = 0; g < kc / gs; g++) {
+        panel2_scales(panel, g, gs, mins)[r] = 0.f;
+        if (mins) panel2_scales(panel, g, gs, mins)[8 + r] = 0.f;
+    }
+}
+
+static void pack2_q4_0(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int r = 0; r < GEMM2_ROWS; r++) {
+        if (r >= nr) {
+            zero_row2(vals, panel, r, kc, 32, false);
+            continue;
+        }
+        const block_q4_0 *b = (const block_q4_0 *)(const void *)((const char *)w + (size_t)r * rb) + k0 / QK4_0;
+        uint8_t *v = vals + (size_t)r * GEMM2_KC;
+        for (int g = 0; g < kc / 32; g++) {
+            const __m128i raw = LOADU128(b[g].qs);
+            _mm_store_si128((__m128i *)(void *)(v + 32 * g), _mm_and_si128(raw, m4));
+            _mm_store_si128((__m128i *)(void *)(v + 32 * g + 16), _mm_and_si128(_mm_srli_epi16(raw, 4), m4));
+            panel2_scales(panel, g, 32, false)[r] = f16s(b[g].d);
+        }
+    }
+}
+
+static void pack2_q8_0(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel) {
+    for (int r = 0; r < GEMM2_ROWS; r++) {
+        if (r >= nr) {
+            zero_row2(vals, panel, r, kc, 32, false);
+            continue;
+        }
+        const block_q8_0 *b = (const block_q8_0 *)(const void *)((const char *)w + (size_t)r * rb) + k0 / QK8_0;
+        uint8_t *v = vals + (size_t)r * GEMM2_KC;
+        for (int g = 0; g < kc / 32; g++) {
+            _mm256_store_si256((__m256i *)(void *)(v + 32 * g), LOADU256(b[g].qs)); /* signed, as stored */
+            panel2_scales(panel, g, 32, false)[r] = f16s(b[g].d);
+        }
+    }
+}
+
+static void pack2_q4_K(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int r = 0; r < GEMM2_ROWS; r++) {
+        if (r >= nr) {
+            zero_row2(vals, panel, r, kc, 32, true);
+            continue;
+        }
+        const block_q4_K *b = (const block_q4_K *)(const void *)((const char *)w + (size_t)r * rb) + k0 / QK_K;
+        uint8_t *v = vals + (size_t)r * GEMM2_KC;
+        for (int sb = 0; sb < kc / QK_K; sb++) {
+            const float d = f16s(b[sb].d), dmin = f16s(b[sb].dmin);
+            uint8_t sc[8], mn[8];
+            spud_q4_K_unpack_scales_le(b[sb].scales, sc, mn);
+            for (int c = 0; c < 4; c++) {
+                const __m256i raw = LOADU256(b[sb].qs + 32 * c);
+                _mm256_store_si256((__m256i *)(void *)(v + QK_K * sb + 64 * c), _mm256_and_si256(raw, m4));
+                _mm256_store_si256((__m256i *)(void *)(v + QK_K * sb + 64 * c + 32),
+                                   _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
+            }
+            for (int j = 0; j < 8; j++) {
+                float *sm = panel2_scales(panel, 8 * sb + j, 32, true);
+                sm[r] = d * sc[j];
+                sm[8 + r] = dmin * mn[j];
+            }
+        }
+    }
+}
+
+static void pack2_q6_K(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel) {
+    for (int r = 0; r < GEMM2_ROWS; r++) {
+        if (r >= nr) {
+            zero_row2(vals, panel, r, kc, 16, false);
+            continue;
+        }
+        const block_q6_K *b = (const block_q6_K *)(const void *)((const char *)w + (size_t)r * rb) + k0 / QK_K;
+        uint8_t *v = vals + (size_t)r * GEMM2_KC;
+        for (int sb = 0; sb < kc / QK_K; sb++) {
+            for (int h = 0; h < 2; h++) {
+                __m256i q[4];
+                q6_K_half_values(b[sb].ql + 64 * h, b[sb].qh + 32 * h, q);
+                for (int k = 0; k < 4; k++)
+                    _mm256_store_si256((__m256i *)(void *)(v + QK_K * sb + 128 * h + 32 * k), q[k]);
+            }
+            const float d = f16s(b[sb].d);
+            for (int j = 0; j < 16; j++) panel2_scales(panel, 16 * sb + j, 16, false)[r] = d * b[sb].scales[j];
+        }
+    }
+}
+
+typedef void (*pack2_fn)(const void *w, size_t rb, int nr, int64_t k0, int kc, uint8_t *vals, uint8_t *panel);
+
+#define PANEL2_BYTES (GEMM2_KC / 16 * (16 * 8 + 32))
+
+static inline __attribute__((always_inline)) void gemm2_q(pack2_fn pack, const int gs, const bool mins,
+                                                        const int STEPS, const bool SIGNED, int64_t k, const void *w,
+                                                        size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                                                        size_t ldy) {
+    _Alignas(64) uint8_t vals[GEMM2_ROWS * GEMM2_KC];
+    _Alignas(64) uint8_t panel[PANEL2_BYTES];
+    for (int64_t k0 = 0; k0 < k; k0 += GEMM2_KC) {
+        const int kc = (int)(k - k0 < GEMM2_KC ? k - k0 : GEMM2_KC);
+        pack(w, rb, nr, k0, kc, vals, panel);
+        panel2_transpose(vals, kc, gs, mins, panel);
+        gemm2_chunk(panel, kc, gs, mins, STEPS, SIGNED, k, k0, x, nc, y, ldy, nr);
+    }
+}
+
+void spud_gemm_q4_0_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    gemm2_q(pack2_q4_0, 32, false, 4, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q8_0_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    gemm2_q(pack2_q8_0, 32, false, 1, true, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q4_K_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    gemm2_q(pack2_q4_K, 32, true, 4, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q6_K_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    gemm2_q(pack2_q6_K, 16, false, 2, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
 /* ---- e^x and SwiGLU ---- */
 
 /* e^x: round(x / ln 2), a degree-6 Taylor polynomial of the remainder
@@ -710,5 +981,12 @@ const spud_kernel_set spud_kernels_avx2 = {
     .dot_f32 = spud_dot_f32_avx2,
     .axpy_f32 = spud_axpy_f32_avx2,
     .attn = spud_attn_avx2,
+    .gemm = {
+        [SPUD_TYPE_Q4_0] = spud_gemm_q4_0_avx2,
+        [SPUD_TYPE_Q8_0] = spud_gemm_q8_0_avx2,
+        [SPUD_TYPE_Q4_K] = spud_gemm_q4_K_avx2,
+        [SPUD_TYPE_Q6_K] = spud_gemm_q6_K_avx2,
+    },
+    .gemm_rows = GEMM2_ROWS,
     .swiglu_f32 = spud_swiglu_f32_avx2,
 };

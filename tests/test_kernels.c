@@ -1426,6 +1426,7 @@ Test(simd, f32_helpers) {
 /* Criterion runs each test in its own process, so each sees a fresh init. */
 Test(dispatch, picks_this_cpu) {
     unsetenv("SPUD_SCALAR");
+    unsetenv("SPUD_ISA");
     cr_assert(spud_type_get(SPUD_TYPE_Q4_0)->vec_dot == spud_vec_dot_q4_0_q8_0_ref, "references before init");
     const char *isa = spud_kernels_init(false);
     const spud_isa want = spud_cpu_has(SPUD_ISA_AVX512) ? SPUD_ISA_AVX512
@@ -1453,8 +1454,18 @@ Test(dispatch, env_forces_scalar) {
     cr_assert(spud_type_get(SPUD_TYPE_F16)->to_float == spud_dequant_f16_ref);
 }
 
+Test(dispatch, isa_env_caps_the_set) {
+    unsetenv("SPUD_SCALAR");
+    setenv("SPUD_ISA", "avx2", 1);
+    const char *want = spud_cpu_has(SPUD_ISA_AVX2) ? "avx2" : "scalar";
+    cr_assert_str_eq(spud_kernels_init(false), want);
+    if (spud_cpu_has(SPUD_ISA_AVX2))
+        cr_assert(spud_type_get(SPUD_TYPE_Q4_0)->gemm == spud_kernel_set_get(SPUD_ISA_AVX2)->gemm[SPUD_TYPE_Q4_0]);
+}
+
 Test(dispatch, argument_forces_scalar) {
     unsetenv("SPUD_SCALAR");
+    unsetenv("SPUD_ISA");
     cr_assert_str_eq(spud_kernels_init(true), "scalar");
     cr_assert(spud_type_get(SPUD_TYPE_Q6_K)->vec_dot == spud_vec_dot_q6_K_q8_K_ref);
 }
@@ -1466,6 +1477,7 @@ static void *init_thread(void *arg) {
 
 Test(dispatch, concurrent_init) {
     unsetenv("SPUD_SCALAR");
+    unsetenv("SPUD_ISA");
     pthread_t th[8];
     const char *names[8];
     for (int i = 0; i < 8; i++) cr_assert(pthread_create(&th[i], NULL, init_thread, &names[i]) == 0);

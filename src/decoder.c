@@ -9,8 +9,11 @@
  *              h = rmsnorm(x) * ffn_norm;  x += Wdown(silu(Wgate h) * Wup h)
  *   logits = Wout (rmsnorm(x_last) * output_norm)
  *
- * Each stage is one parallel job on the context's thread pool; the residual
- * add is fused into the next norm. Nothing is allocated here.
+ * Each stage is one parallel job on the context's thread pool: a matrix
+ * product computes its input rows first (residual add + norm, SwiGLU) and
+ * feeds all the weights that share them (Q, K, V; gate, up); RoPE, the cache
+ * stores and attention are one job. A layer is five jobs. Nothing is
+ * allocated here.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -25,8 +28,6 @@ typedef struct {
     int layer;
     int32_t n_blocks;      /* attention: blocks of rows in c->row_block */
     _Atomic int32_t next;  /* attention: next work item */
-    const float *add;    /* add_norm: residual to add to x first (NULL: none) */
-    const float *norm_w; /* add_norm: norm weight */
     const int32_t *out_idx; /* rows whose logits are wanted */
     int32_t n_out;
 } fwd;
@@ -68,19 +69,50 @@ static void job_embed(void *arg, int ith, int nth) {
     }
 }
 
-static void job_add_norm(void *arg, int ith, int nth) {
+/* Activation preps, run row by row inside the matrix products that read them
+ * (spud_matmul_multi), so the norm / SwiGLU costs no job and no barrier of
+ * its own, and a row is converted while it is in cache. */
+
+/* h[i] = rmsnorm(x[i] += h[i]) * attn_norm: the previous layer's FFN output
+ * (in h) joins the residual stream first (none before layer 0). */
+static void prep_attn_norm(void *arg, int64_t i) {
     fwd *f = arg;
     spud_ctx *c = f->c;
-    int64_t dim = c->model->hp.n_embd, s, e;
-    spud_pool_split(f->n, ith, nth, &s, &e);
-    for (int64_t i = s; i < e; i++) {
-        float *x = c->x + i * dim;
-        if (f->add) {
-            const float *a = f->add + i * dim;
-            for (int64_t k = 0; k < dim; k++) x[k] += a[k];
-        }
-        rmsnorm(c->h + i * dim, x, f->norm_w, dim, c->model->hp.norm_eps);
-    }
+    const int64_t dim = c->model->hp.n_embd;
+    float *x = c->x + i * dim, *h = c->h + i * dim;
+    if (f->layer > 0)
+        for (int64_t k = 0; k < dim; k++) x[k] += h[k];
+    rmsnorm(h, x, c->model->layers[f->layer].attn_norm.data, dim, c->model->hp.norm_eps);
+}
+
+/* h[i] = rmsnorm(x[i] += h[i]) * ffn_norm, h holding the attention output. */
+static void prep_ffn_norm(void *arg, int64_t i) {
+    fwd *f = arg;
+    spud_ctx *c = f->c;
+    const int64_t dim = c->model->hp.n_embd;
+    float *x = c->x + i * dim, *h = c->h + i * dim;
+    for (int64_t k = 0; k < dim; k++) x[k] += h[k];
+    rmsnorm(h, x, c->model->layers[f->layer].ffn_norm.data, dim, c->model->hp.norm_eps);
+}
+
+/* gate[i] = silu(gate[i]) * up[i] */
+static void prep_swiglu(void *arg, int64_t i) {
+    fwd *f = arg;
+    spud_ctx *c = f->c;
+    const int64_t n_ff = c->model->hp.n_ff;
+    spud_swiglu_f32(c->gate + i * n_ff, c->up + i * n_ff, n_ff);
+}
+
+/* out_rows[j] = rmsnorm(x[r] + h[r]) * output_norm for r = out_idx[j]: the
+ * last layer's FFN output joins only the rows whose logits are wanted. */
+static void prep_out_norm(void *arg, int64_t j) {
+    fwd *f = arg;
+    spud_ctx *c = f->c;
+    const int64_t dim = c->model->hp.n_embd;
+    float *x = c->x + (int64_t)f->out_idx[j] * dim;
+    const float *h = c->h + (int64_t)f->out_idx[j] * dim;
+    for (int64_t k = 0; k < dim; k++) x[k] += h[k];
+    rmsnorm(c->out_rows + j * dim, x, c->model->output_norm.data, dim, c->model->hp.norm_eps);
 }
 
 /* Rotate one head's first n_rot dims by the position's angles. */
@@ -206,37 +238,30 @@ static int32_t attention_blocks(spud_ctx *c, int32_t n) {
     return nb;
 }
 
-/* gate = silu(gate) * up */
-static void job_swiglu(void *arg, int ith, int nth) {
+/* RoPE and the cache stores of every row, then (after a barrier: attention
+ * reads the rows just stored) attention: one job. */
+static void job_qkv_attention(void *arg, int ith, int nth) {
     fwd *f = arg;
-    spud_ctx *c = f->c;
-    int64_t s, e;
-    /* split in whole cache lines */
-    const int64_t n = (int64_t)f->n * c->model->hp.n_ff;
-    spud_pool_split((n + 15) / 16, ith, nth, &s, &e);
-    s *= 16;
-    e = e * 16 < n ? e * 16 : n;
-    if (e > s) spud_swiglu_f32(c->gate + s, c->up + s, e - s);
+    job_qkv_post(arg, ith, nth);
+    if (nth > 1) spud_pool_barrier(f->c->pool);
+    job_attention(arg, ith, nth);
 }
 
-/* out_rows[j] = rmsnorm(x[out_idx[j]]) * output_norm */
-static void job_out_norm(void *arg, int ith, int nth) {
-    fwd *f = arg;
-    spud_ctx *c = f->c;
-    int64_t dim = c->model->hp.n_embd, s, e;
-    spud_pool_split(f->n_out, ith, nth, &s, &e);
-    for (int64_t j = s; j < e; j++)
-        rmsnorm(c->out_rows + j * dim, c->x + (int64_t)f->out_idx[j] * dim,
-                c->model->output_norm.data, dim, c->model->hp.norm_eps);
-}
-
-/* x += h (the last layer's FFN output) */
-static void job_residual(void *arg, int ith, int nth) {
-    fwd *f = arg;
-    spud_ctx *c = f->c;
-    int64_t s, e;
-    spud_pool_split((int64_t)f->n * c->model->hp.n_embd, ith, nth, &s, &e);
-    for (int64_t j = s; j < e; j++) c->x[j] += c->h[j];
+/* Products of the weights ws[0..n) with the same activations x, grouped into
+ * as few spud_matmul_multi calls as their types allow; prep runs in the first. */
+static void matmul_group(spud_ctx *c, const spud_weight *const *ws, float *const *ys, int nw, float *x, int64_t n,
+                         spud_matmul_prep_fn prep, void *prep_arg) {
+    spud_matmul_out outs[4];
+    int k = 0;
+    for (int i = 0; i < nw; i++) {
+        if (k > 0 && !spud_matmul_compatible(outs[0].w, ws[i], n)) {
+            spud_matmul_multi(c->pool, outs, k, x, n, c->mm_scratch, prep, prep_arg);
+            prep = NULL;
+            k = 0;
+        }
+        outs[k++] = (spud_matmul_out){.w = ws[i], .y = ys[i]};
+    }
+    spud_matmul_multi(c->pool, outs, k, x, n, c->mm_scratch, prep, prep_arg);
 }
 
 spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
@@ -251,28 +276,23 @@ spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
     for (int il = 0; il < hp->n_layer; il++) {
         const spud_layer *l = &m->layers[il];
         f.layer = il;
-        f.add = il ? c->h : NULL; /* the previous layer's FFN output */
-        f.norm_w = l->attn_norm.data;
-        spud_pool_run(pool, job_add_norm, &f);
-        spud_matmul(pool, &l->wq, c->h, c->q, n, c->mm_scratch);
-        spud_matmul(pool, &l->wk, c->h, c->k, n, c->mm_scratch);
-        spud_matmul(pool, &l->wv, c->h, c->v, n, c->mm_scratch);
-        spud_pool_run(pool, job_qkv_post, &f);
+        const spud_weight *qkv[3] = {&l->wq, &l->wk, &l->wv};
+        float *qkv_out[3] = {c->q, c->k, c->v};
+        matmul_group(c, qkv, qkv_out, 3, c->h, n, prep_attn_norm, &f);
         atomic_store_explicit(&f.next, 0, memory_order_relaxed); /* published by the pool's dispatch */
-        spud_pool_run(pool, job_attention, &f);
+        spud_pool_run(pool, job_qkv_attention, &f);
         spud_matmul(pool, &l->wo, c->att, c->h, n, c->mm_scratch);
-        f.add = c->h;
-        f.norm_w = l->ffn_norm.data;
-        spud_pool_run(pool, job_add_norm, &f);
-        spud_matmul(pool, &l->w_gate, c->h, c->gate, n, c->mm_scratch);
-        spud_matmul(pool, &l->w_up, c->h, c->up, n, c->mm_scratch);
-        spud_pool_run(pool, job_swiglu, &f);
-        spud_matmul(pool, &l->w_down, c->gate, c->h, n, c->mm_scratch);
+        const spud_weight *gu[2] = {&l->w_gate, &l->w_up};
+        float *gu_out[2] = {c->gate, c->up};
+        matmul_group(c, gu, gu_out, 2, c->h, n, prep_ffn_norm, &f);
+        const spud_weight *down = &l->w_down;
+        float *down_out = c->h;
+        matmul_group(c, &down, &down_out, 1, c->gate, n, prep_swiglu, &f);
     }
     if (n_out > 0) {
-        spud_pool_run(pool, job_residual, &f);
-        spud_pool_run(pool, job_out_norm, &f);
-        spud_matmul(pool, &m->output, c->out_rows, c->logits, n_out, c->mm_scratch);
+        const spud_weight *out = &m->output;
+        float *logits = c->logits;
+        matmul_group(c, &out, &logits, 1, c->out_rows, n_out, prep_out_norm, &f);
     }
     return SPUD_OK;
 }

@@ -6,6 +6,10 @@
  * activation rows. Many rows (prefill), when the kernels have a gemm for the
  * type: the rows are prepared once (spud_gemm_x_row), then each thread runs
  * the gemm kernel on panels of gemm_rows weight rows against all of them.
+ *
+ * One job per call: the threads first compute (prep) and convert the
+ * activation rows, split by row, meet at one barrier, then take their share
+ * of the output rows of every weight of the call.
  */
 #include "matmul.h"
 
@@ -14,6 +18,10 @@
 /* Activation rows from which the gemm path is taken (below it, repacking a
  * weight panel costs more than it saves). */
 #define MATMUL_GEMM_MIN_ROWS 4
+
+/* Rows of W per tile on the vec_dot path: a tile of weight rows is reused
+ * across all activation rows while it is in cache. */
+#define MATMUL_TILE_ROWS 16
 
 static bool use_gemm(const spud_type_info *ti, int64_t n) { return ti->gemm && n >= MATMUL_GEMM_MIN_ROWS; }
 
@@ -27,90 +35,121 @@ size_t spud_matmul_scratch_bytes(const spud_weight *w, int64_t n_rows) {
     return bytes + 64;
 }
 
+bool spud_matmul_compatible(const spud_weight *a, const spud_weight *b, int64_t n) {
+    if (a->n_in != b->n_in) return false;
+    const spud_type_info *ta = spud_type_get(a->type), *tb = spud_type_get(b->type);
+    const bool ga = use_gemm(ta, n), gb = use_gemm(tb, n);
+    if (ga != gb) return false;
+    /* gemm rows depend on the weight type (groups, offsets); vec_dot rows on the vec_dot_type */
+    return ga ? a->type == b->type : ta->vec_dot_type == tb->vec_dot_type;
+}
+
 typedef struct {
     spud_pool *pool;
-    const spud_weight *w;
-    const float *x;
-    float *y;
+    const spud_matmul_out *outs;
+    int n_outs;
+    float *x;
     int64_t n;
+    spud_matmul_prep_fn prep;
+    void *prep_arg;
     const void *xq; /* activations in vec_dot_type, or prepared for gemm */
     size_t xq_row;  /* bytes per converted activation row */
     bool convert;   /* xq must be filled from x first */
     bool gemm;
+    int64_t units;  /* work units over all outputs: gemm panels or vec_dot tiles */
 } matmul_job;
-
-/* Rows of W per tile: a tile of weight rows is reused across all activation
- * rows while it is in cache. */
-#define MATMUL_TILE_ROWS 16
 
 static void matmul_worker(void *arg, int ith, int nth) {
     matmul_job *j = arg;
-    const spud_weight *w = j->w;
-    const spud_type_info *ti = spud_type_get(w->type);
+    const spud_weight *w0 = j->outs[0].w;
+    const spud_type_info *ti0 = spud_type_get(w0->type);
+    const int64_t n_in = w0->n_in;
     int64_t start, end;
 
-    if (j->convert) {
+    if (j->prep || j->convert) {
         spud_pool_split(j->n, ith, nth, &start, &end);
-        if (j->gemm) {
-            for (int64_t t = start; t < end; t++)
-                spud_gemm_x_row(w->type, j->x + t * w->n_in, w->n_in, (char *)j->xq + t * j->xq_row);
-        } else {
-            spud_from_float_fn conv = spud_type_get(ti->vec_dot_type)->from_float;
-            for (int64_t t = start; t < end; t++)
-                conv(j->x + t * w->n_in, (char *)j->xq + t * j->xq_row, w->n_in);
+        spud_from_float_fn conv = spud_type_get(ti0->vec_dot_type)->from_float;
+        for (int64_t t = start; t < end; t++) {
+            if (j->prep) j->prep(j->prep_arg, t);
+            if (!j->convert) continue;
+            if (j->gemm)
+                spud_gemm_x_row(w0->type, j->x + t * n_in, n_in, (char *)j->xq + t * j->xq_row);
+            else
+                conv(j->x + t * n_in, (char *)j->xq + t * j->xq_row, n_in);
         }
         if (nth > 1) spud_pool_barrier(j->pool);
     }
-    if (j->gemm) {
-        const int rows = ti->gemm_rows;
-        const spud_gemm_x gx = {
-            .x = j->xq,
-            .x_stride = j->xq_row,
-            .s = ti->gemm_group ? (const float *)(const void *)((const char *)j->xq +
-                                                                spud_gemm_x_scale_offset(w->type, w->n_in))
-                                : NULL,
-            .s_stride = j->xq_row / sizeof(float),
-        };
-        spud_pool_split((w->n_out + rows - 1) / rows, ith, nth, &start, &end);
-        for (int64_t p = start; p < end; p++) {
-            const int64_t r0 = p * rows;
-            const int nr = (int)(w->n_out - r0 < rows ? w->n_out - r0 : rows);
-            ti->gemm(w->n_in, (const char *)w->data + r0 * w->row_bytes, w->row_bytes, nr, &gx, (int)j->n,
-                     j->y + r0, (size_t)w->n_out);
-        }
-        return;
-    }
-    spud_vec_dot_fn dot = ti->vec_dot;
-    spud_pool_split(w->n_out, ith, nth, &start, &end);
-    for (int64_t r0 = start; r0 < end; r0 += MATMUL_TILE_ROWS) {
-        int64_t r1 = r0 + MATMUL_TILE_ROWS < end ? r0 + MATMUL_TILE_ROWS : end;
-        for (int64_t t = 0; t < j->n; t++) {
-            const char *xr = (const char *)j->xq + t * j->xq_row;
-            float *yr = j->y + t * w->n_out;
-            for (int64_t r = r0; r < r1; r++)
-                dot(w->n_in, &yr[r], (const char *)w->data + r * w->row_bytes, xr);
+    spud_pool_split(j->units, ith, nth, &start, &end);
+    int64_t base = 0; /* first unit of output o */
+    for (int o = 0; o < j->n_outs && start < end; o++) {
+        const spud_weight *w = j->outs[o].w;
+        const spud_type_info *ti = spud_type_get(w->type);
+        const int rows = j->gemm ? ti->gemm_rows : MATMUL_TILE_ROWS;
+        const int64_t nu = (w->n_out + rows - 1) / rows;
+        const int64_t u0 = start > base ? start - base : 0, u1 = end - base < nu ? end - base : nu;
+        base += nu;
+        if (u0 >= u1) continue;
+        float *y = j->outs[o].y;
+        if (j->gemm) {
+            const spud_gemm_x gx = {
+                .x = j->xq,
+                .x_stride = j->xq_row,
+                .s = ti->gemm_group ? (const float *)(const void *)((const char *)j->xq +
+                                                                    spud_gemm_x_scale_offset(w->type, n_in))
+                                    : NULL,
+                .s_stride = j->xq_row / sizeof(float),
+            };
+            for (int64_t p = u0; p < u1; p++) {
+                const int64_t r0 = p * rows;
+                const int nr = (int)(w->n_out - r0 < rows ? w->n_out - r0 : rows);
+                ti->gemm(n_in, (const char *)w->data + r0 * w->row_bytes, w->row_bytes, nr, &gx, (int)j->n, y + r0,
+                         (size_t)w->n_out);
+            }
+        } else {
+            const spud_vec_dot_fn dot = ti->vec_dot;
+            for (int64_t p = u0; p < u1; p++) {
+                const int64_t r0 = p * rows, r1 = r0 + rows < w->n_out ? r0 + rows : w->n_out;
+                for (int64_t t = 0; t < j->n; t++) {
+                    const char *xr = (const char *)j->xq + t * j->xq_row;
+                    float *yr = y + t * w->n_out;
+                    for (int64_t r = r0; r < r1; r++) dot(n_in, &yr[r], (const char *)w->data + r * w->row_bytes, xr);
+                }
+            }
         }
     }
 }
 
-void spud_matmul(spud_pool *pool, const spud_weight *w, const float *x, float *y, int64_t n,
-                 void *scratch) {
-    const spud_type_info *ti = spud_type_get(w->type);
-    matmul_job j = {.pool = pool, .w = w, .x = x, .y = y, .n = n, .gemm = use_gemm(ti, n)};
+void spud_matmul_multi(spud_pool *pool, const spud_matmul_out *outs, int n_outs, float *x, int64_t n,
+                       void *scratch, spud_matmul_prep_fn prep, void *prep_arg) {
+    const spud_weight *w0 = outs[0].w;
+    const spud_type_info *ti = spud_type_get(w0->type);
+    matmul_job j = {.pool = pool, .outs = outs, .n_outs = n_outs, .x = x, .n = n, .prep = prep,
+                    .prep_arg = prep_arg, .gemm = use_gemm(ti, n)};
     if (j.gemm && !ti->gemm_group) {
         j.xq = x; /* float gemm: the rows as they are */
-        j.xq_row = (size_t)w->n_in * sizeof(float);
+        j.xq_row = (size_t)w0->n_in * sizeof(float);
     } else if (j.gemm) {
         j.xq = scratch;
-        j.xq_row = spud_gemm_x_row_bytes(w->type, w->n_in);
+        j.xq_row = spud_gemm_x_row_bytes(w0->type, w0->n_in);
         j.convert = true;
     } else if (ti->vec_dot_type == SPUD_TYPE_F32) {
         j.xq = x; /* f32 activations are used as they are */
-        j.xq_row = (size_t)w->n_in * sizeof(float);
+        j.xq_row = (size_t)w0->n_in * sizeof(float);
     } else {
         j.xq = scratch;
-        j.xq_row = spud_row_size(ti->vec_dot_type, w->n_in);
+        j.xq_row = spud_row_size(ti->vec_dot_type, w0->n_in);
         j.convert = true;
     }
+    for (int o = 0; o < n_outs; o++) {
+        const spud_type_info *to = spud_type_get(outs[o].w->type);
+        const int rows = j.gemm ? to->gemm_rows : MATMUL_TILE_ROWS;
+        j.units += (outs[o].w->n_out + rows - 1) / rows;
+    }
     spud_pool_run(pool, matmul_worker, &j);
+}
+
+void spud_matmul(spud_pool *pool, const spud_weight *w, const float *x, float *y, int64_t n,
+                 void *scratch) {
+    const spud_matmul_out out = {.w = w, .y = y};
+    spud_matmul_multi(pool, &out, 1, (float *)(uintptr_t)x, n, scratch, NULL, NULL);
 }

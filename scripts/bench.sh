@@ -68,12 +68,14 @@ import json, sys
 tmp, types, depths, threads, reps, n_prompt, n_gen, load0, load1, cpu = sys.argv[1:]
 types, depths = types.split(), [int(d) for d in depths.split()]
 mem = json.load(open(f"{tmp}/memory.json"))["memory"]
-bw = mem["gbps"]
+bw = mem["limit"]
 def tests(t, d):
     return {x["test"]: x for x in json.load(open(f"{tmp}/{t}-{d}.json"))["tests"]}
 print(f"Machine: {cpu}, {threads} threads, {mem['isa']} kernels. Read bandwidth "
-      f"(`spud bench --memory -t {threads}`): **{bw:.1f} GB/s** (± {mem['gbps_sd']:.1f}). "
-      f"Load average before / after: {load0} / {load1}. Mean ± standard deviation of {reps} runs.")
+      f"(`spud bench --memory -t {threads}`, best run): **{bw:.1f} GB/s** (f32 dot {mem['gbps']:.1f} ± "
+      f"{mem['gbps_sd']:.1f}, q8_0 dot {mem['q8_0_gbps']:.1f} ± {mem['q8_0_gbps_sd']:.1f}). "
+      f"Load average before / after: {load0} / {load1}. Mean ± standard deviation of {reps} runs; "
+      f"tg at depth with synthetic cache rows.")
 print()
 head = ["type", f"pp{n_prompt} tok/s", "GFLOP/s", f"tg{n_gen} tok/s", "GB/s (of limit)"]
 for d in depths:

@@ -483,8 +483,37 @@ static void engine_reap(spud_engine *e) {
     }
 }
 
+/* Drop cancelled requests from the queue (wherever they are in it). */
+static void engine_drop_cancelled(spud_engine *e) {
+    spud_engine_req *dropped = NULL;
+    pthread_mutex_lock(&e->mu);
+    spud_engine_req **pp = &e->q_head, *last = NULL;
+    while (*pp) {
+        spud_engine_req *r = *pp;
+        if (atomic_load(&r->cancel)) {
+            *pp = r->next;
+            e->q_len--;
+            r->next = dropped;
+            dropped = r;
+        } else {
+            last = r;
+            pp = &r->next;
+        }
+    }
+    e->q_tail = last;
+    pthread_mutex_unlock(&e->mu);
+    while (dropped) {
+        spud_engine_req *next = dropped->next;
+        dropped->next = NULL;
+        req_end_unslotted(dropped, SPUD_FINISH_CANCELLED);
+        req_unref(dropped);
+        dropped = next;
+    }
+}
+
 /* Start queued requests while there is no prompt being prefilled and the head fits. */
 static void engine_admit(spud_engine *e) {
+    engine_drop_cancelled(e);
     while (!e->prefilling) {
         pthread_mutex_lock(&e->mu);
         spud_engine_req *r = e->q_head;
@@ -492,10 +521,9 @@ static void engine_admit(spud_engine *e) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
-        bool cancelled = atomic_load(&r->cancel);
         int32_t n_free = 0;
         for (int32_t i = 0; i < e->n_par; i++) n_free += e->slots[i].state == SLOT_FREE;
-        if (!cancelled && n_free < r->n_choices) {
+        if (n_free < r->n_choices) {
             pthread_mutex_unlock(&e->mu);
             return;
         }
@@ -504,11 +532,6 @@ static void engine_admit(spud_engine *e) {
         e->q_len--;
         pthread_mutex_unlock(&e->mu);
         r->next = NULL;
-        if (cancelled) {
-            req_end_unslotted(r, SPUD_FINISH_CANCELLED);
-            req_unref(r);
-            continue;
-        }
         engine_start(e, r);
     }
 }

@@ -4,7 +4,7 @@
 #   server A: tiny f32 model with Qwen2.5's chat template, --parallel 8, --ctx-size 1024, API keys,
 #             --max-body 200000
 #   server B: a slower model without a chat template (ChatML fallback), --parallel 1, --max-queue 1,
-#             no keys (queue, disconnect, SIGTERM tests)
+#             no keys, --store-bytes 8000 (queue, disconnect, store bound, SIGTERM tests)
 # Expected prompts come from Python's jinja2 (tests/server/gguf_template.py).
 # Each server must exit 0 after SIGTERM (under ASan that includes no leaks).
 set -euo pipefail
@@ -67,7 +67,7 @@ stop() {
 
 start A -m "$tmp/tiny.gguf" --parallel 8 --ctx-size 1024 --api-key sk-test-key --api-key-file "$tmp/keys" \
   --max-body 200000 --max-queue 64 -t 2
-start B -m "$tmp/slow.gguf" --parallel 1 --max-queue 1 --ctx-size 4096 -t 2
+start B -m "$tmp/slow.gguf" --parallel 1 --max-queue 1 --ctx-size 4096 -t 2 --store-bytes 8000
 
 sanitized=0
 grep -q __asan_init "$SPUD" && sanitized=1

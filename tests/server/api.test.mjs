@@ -135,7 +135,10 @@ test('chat: the same seed gives the same text; sampling parameters', async () =>
 
 test('chat: n choices share one prompt', async () => {
   const body = { ...greedy, temperature: 1, seed: 99, n: 3, max_tokens: 16, logit_bias: NO_SPECIAL };
+  const m0 = await metrics();
   const r = await c.chat.completions.create(body);
+  const m1 = await metrics();
+  assert.equal(m1.spud_prompt_tokens_total - m0.spud_prompt_tokens_total, r.usage.prompt_tokens); // one prefill
   assert.equal(r.choices.length, 3);
   assert.deepEqual(r.choices.map((x) => x.index), [0, 1, 2]);
   assert.equal(r.usage.completion_tokens, 48);
@@ -146,6 +149,39 @@ test('chat: n choices share one prompt', async () => {
   const s = await collectChat(await c.chat.completions.create({ ...body, stream: true }));
   assert.deepEqual(s.text, texts);
   assert.deepEqual(s.finish, ['length', 'length', 'length']);
+});
+
+test('chat: an end-of-generation token ends the choice with finish_reason stop', async () => {
+  const r = await c.chat.completions.create({ ...greedy, logit_bias: { 511: 100 } }); // <|im_end|>
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  assert.equal(r.choices[0].message.content, '');
+  const s = await collectChat(await c.chat.completions.create({ ...greedy, logit_bias: { 511: 100 }, stream: true }));
+  assert.deepEqual(s.finish, ['stop']);
+});
+
+test('a long prompt is prefilled in chunks while other streams keep generating', async () => {
+  const s1 = await c.chat.completions.create({ ...greedy, max_tokens: 900, logprobs: true, logit_bias: NO_SPECIAL, stream: true });
+  const times = [];
+  let started;
+  const firstTokens = new Promise((r) => (started = r));
+  const reading = (async () => {
+    for await (const ch of s1) {
+      const k = ch.choices[0]?.logprobs?.content?.length ?? 0;
+      for (let i = 0; i < k; i++) times.push(performance.now());
+      if (times.length >= 3) started();
+    }
+  })().catch(() => {});
+  await firstTokens;
+  const prompt = Array.from({ length: 960 }, (_, i) => (i * 37) % 500);
+  const t0 = performance.now();
+  const r = await c.completions.create({ model: 'm', prompt, max_tokens: 1, temperature: 0 });
+  const t1 = performance.now();
+  s1.controller.abort();
+  await reading;
+  assert.equal(r.usage.prompt_tokens, 960);
+  const during = times.filter((t) => t > t0 && t < t1).length;
+  // 960 prompt tokens are 15 chunks of 64, each run together with the stream's next token
+  assert.ok(during >= 8, `the running stream got ${during} tokens during the prefill`);
 });
 
 test('chat: logprobs and top_logprobs', async () => {
@@ -523,6 +559,18 @@ test('a client that disconnects mid-stream frees its slot; a full queue is a 429
   ctl2.abort();
   await ns.catch(() => {});
   await waitFor('idle after non-streaming abort', async () => (await metrics(B)).spud_active_sequences === 0);
+});
+
+test('stored responses are bounded by --store-bytes (least recently used out first)', async () => {
+  const cb = client(B);
+  const ids = [];
+  for (let i = 0; i < 12; i++)
+    ids.push((await cb.responses.create({ model: 'm', input: `Turn ${i} `.repeat(20), max_output_tokens: 1 })).id);
+  // the oldest went first; the newest are kept
+  await assert.rejects(cb.responses.retrieve(ids[0]), (e) => e instanceof OpenAI.NotFoundError);
+  assert.equal((await cb.responses.retrieve(ids[11])).id, ids[11]);
+  await assert.rejects(cb.responses.create({ model: 'm', input: 'x', previous_response_id: ids[0], max_output_tokens: 1 }),
+    (e) => e.status === 400 && e.param === 'previous_response_id');
 });
 
 test('metrics: Prometheus text with the documented series', async () => {

@@ -26,8 +26,9 @@
  * - SentencePiece vocabularies that carry merges (converted from a Hugging
  *   Face tokenizer.json) are merged by merge rank, as Hugging Face's BPE
  *   model does; without merges, by token score, as llama.cpp does.
- * - Qwen2-family vocabularies are NFC-normalized first (utf8proc), as their
- *   tokenizer.json asks.
+ * - Qwen2-family vocabularies are NFC-normalized first, as their
+ *   tokenizer.json asks, on tables of the same Unicode version as the
+ *   classes (utf8proc, older, serves only WordPiece's BERT normalizer).
  * - Corrupt metadata (ids out of range, bad merges, duplicate texts) is an
  *   error, not a warning or an assertion.
  */

@@ -178,7 +178,16 @@ function piece(r) {
   return mutate(r, r.pick(PROSE)).normalize("NFD");
 }
 
-export function corpus(seed, bytes) {
+function plainPiece(r) {
+  const k = r.int(10);
+  if (k < 7) return mutate(r, r.pick(PROSE)).replace(/ {2,}/g, " ");
+  if (k < 9) return r.pick(CODE);
+  return numbers(r).slice(0, 12);
+}
+
+// plain: only prose, code and short numbers (no long runs, no special-token
+// look-alikes): text as most documents are, for benchmarks.
+export function corpus(seed, bytes, { plain = false } = {}) {
   const r = rng(seed);
   const enc = new TextEncoder();
   const docs = [];
@@ -186,7 +195,7 @@ export function corpus(seed, bytes) {
   while (total < bytes) {
     let doc = "";
     const target = 100 + r.int(r.chance(0.1) ? 16000 : 3000);
-    while (enc.encode(doc).length < target) doc += piece(r) + r.pick(["", " ", "\n", "\n\n", ". ", " "]);
+    while (enc.encode(doc).length < target) doc += (plain ? plainPiece(r) : piece(r)) + r.pick(["", " ", "\n", "\n\n", ". ", " "]);
     docs.push(doc);
     total += enc.encode(doc).length;
   }

@@ -16,6 +16,8 @@
 // which the reference gets through TextDecoder's U+FFFD replacement) are
 // encoded by both in one spud process; the ids must be equal, and where the
 // reference decodes its ids back to the input, spud's decode must too.
+// With the special tokens that the files say to add (BOS, EOS), some of the
+// same texts must also give the reference's ids.
 //
 // The Hugging Face references split every added token out of the text,
 // special or not, so spud runs with --parse-special against them; a second
@@ -81,7 +83,20 @@ async function hfReference(pkg) {
     kind: "hf",
     special,
     encode: (s) => tok.encode(s, { add_special_tokens: false }),
-    encodeSpecial: (s) => tok.encode(s, { add_special_tokens: true }),
+    // transformers.js builds the added special tokens from tokenizer.json's
+    // post-processor alone; transformers' LlamaTokenizerFast (DeepSeek V3's
+    // class) also applies tokenizer_config.json's add_bos_token/add_eos_token
+    // to it, as GGUF converters do. Where they say so, add them that way.
+    encodeSpecial: (s) => {
+      const cfg = mod.tokenizerConfig;
+      const ids = tok.encode(s, { add_special_tokens: true });
+      if (!/LlamaTokenizerFast/.test(cfg.tokenizer_class ?? "")) return ids;
+      const id = (k) => tok.model.tokens_to_ids.get(typeof cfg[k] === "string" ? cfg[k] : cfg[k]?.content);
+      const out = tok.encode(s, { add_special_tokens: false });
+      if (cfg.add_bos_token) out.unshift(id("bos_token"));
+      if (cfg.add_eos_token) out.push(id("eos_token"));
+      return out;
+    },
     decode: (ids) => tok.decode(ids, { skip_special_tokens: false, clean_up_tokenization_spaces: false }),
   };
 }
@@ -114,13 +129,13 @@ const enc = new TextEncoder();
 const td = new TextDecoder(); // replacement mode: U+FFFD per maximal invalid subpart
 
 // Run spud tokenize --jsonl on inputs ({text} or {bytes}); returns [{ids, text}].
-function runSpud(gguf, inputs, flags) {
+function runSpud(gguf, inputs, flags, bos = false) {
   const path = join(tmp, "in.jsonl");
   const lines = inputs.map((x) =>
     x.bytes ? JSON.stringify({ hex: Buffer.from(x.bytes).toString("hex") }) : JSON.stringify(x.text)
   );
   writeFileSync(path, lines.join("\n") + "\n");
-  const r = spawnSync(SPUD, ["tokenize", "-m", gguf, "--jsonl", "-f", path, "--no-bos", "--decode", ...flags], {
+  const r = spawnSync(SPUD, ["tokenize", "-m", gguf, "--jsonl", "-f", path, ...(bos ? [] : ["--no-bos"]), "--decode", ...flags], {
     maxBuffer: 1 << 30,
     encoding: "utf8",
   });
@@ -206,11 +221,24 @@ for (const v of VOCABS) {
       }
     }
   }
+  // what the file says to add (BOS, EOS) against the reference's post-processor
+  let bosMism = 0;
+  if (ref.kind === "hf") {
+    const some = docs.slice(0, 50).concat(rand.slice(0, 200).filter((x) => x.text));
+    const g3 = runSpud(gguf, some, ["--parse-special"], true);
+    for (let i = 0; i < some.length; i++) {
+      const want = ref.encodeSpecial(some[i].text);
+      if (!sameIds(want, g3[i].ids)) {
+        if (bosMism < 3) console.error(`${v.name}: with special tokens added: ${JSON.stringify(want.slice(0, 4))}... vs ${JSON.stringify(g3[i].ids.slice(0, 4))}...`);
+        bosMism++;
+      }
+    }
+  }
   const secs = (Date.now() - t0) / 1000;
-  const line = `${v.name.padEnd(12)} ${String(inputs.length).padStart(6)} strings (${docs.length} documents, ${corpusBytes} corpus bytes; ${bytes} bytes, ${tokens} tokens in all): ${mism} mismatches; round trip ${rtChecked - rtFail}/${rtChecked}; special-token mode ${sp.length - spMism}/${sp.length} (${secs.toFixed(1)} s)`;
+  const line = `${v.name.padEnd(12)} ${String(inputs.length).padStart(6)} strings (${docs.length} documents, ${corpusBytes} corpus bytes; ${bytes} bytes, ${tokens} tokens in all): ${mism} mismatches; round trip ${rtChecked - rtFail}/${rtChecked}; special-token mode ${sp.length - spMism}/${sp.length}${ref.kind === "hf" ? `; BOS/EOS as the file says ${bosMism ? "MISMATCH " + bosMism : "ok"}` : ""} (${secs.toFixed(1)} s)`;
   console.log(line);
   summary.push(line);
-  failures += mism + rtFail + spMism;
+  failures += mism + rtFail + spMism + bosMism;
 }
 rmSync(tmp, { recursive: true, force: true });
 if (failures) {

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { execFileSync } from 'node:child_process';
+import net from 'node:net';
 import {
   A, B, KEY, FILE_KEY, NO_SPECIAL, client, metrics, waitFor, chatText, collectChat, raw, assertErrorShape, sleep,
 } from './common.mjs';
@@ -571,6 +572,42 @@ test('stored responses are bounded by --store-bytes (least recently used out fir
   assert.equal((await cb.responses.retrieve(ids[11])).id, ids[11]);
   await assert.rejects(cb.responses.create({ model: 'm', input: 'x', previous_response_id: ids[0], max_output_tokens: 1 }),
     (e) => e.status === 400 && e.param === 'previous_response_id');
+});
+
+// Send bytes on a raw connection; resolve with what came back when the server closes it (or after ms).
+function rawSocket(base, bytes, ms = 2000) {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve) => {
+    const sock = net.connect(Number(port), hostname, () => sock.write(bytes));
+    let got = '';
+    sock.on('data', (d) => (got += d));
+    const done = () => resolve(got);
+    sock.on('close', done);
+    sock.on('error', done);
+    setTimeout(() => {
+      sock.destroy();
+      done();
+    }, ms);
+  });
+}
+
+test('garbage on the socket is answered or dropped; the server keeps serving', async () => {
+  const junk = [
+    Buffer.from([0, 1, 2, 255, 254, 13, 10, 13, 10]),
+    'GET / HTTP/9.9\r\n\r\n',
+    'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n',
+    'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{"messa',
+    'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
+    'GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ' + 'a'.repeat(200000) + '\r\n\r\n',
+    'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ' + KEY + '\r\nContent-Length: 9\r\n\r\n{"n":[[[[',
+  ];
+  for (const j of junk) await rawSocket(A, j, 300);
+  // a request that is cut off mid-body, then the connection closes
+  await rawSocket(A, 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"prompt": "a', 100);
+  const r = await c.chat.completions.create({ ...greedy, max_tokens: 2 });
+  assert.equal(r.choices.length, 1);
+  const h = await rawSocket(A, 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  assert.match(h, /^HTTP\/1\.1 200/);
 });
 
 test('metrics: Prometheus text with the documented series', async () => {

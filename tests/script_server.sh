@@ -81,4 +81,19 @@ node --test --test-reporter=spec load.test.mjs
 node --test --test-reporter=spec shutdown.test.mjs # sends SIGTERM to B itself
 stop B "$PID_B"
 stop A "$PID_A"
+
+# The shutdown wait is bounded: a stream longer than --shutdown-timeout is cut off with an error event.
+start C -m "$tmp/slow.gguf" --parallel 1 --ctx-size 4096 -t 2 --shutdown-timeout 1
+curl -sN "$URL_C/v1/chat/completions" -o "$tmp/cut.txt" -d '{"messages": [{"role": "user", "content": "Go"}],
+  "max_tokens": 4000, "temperature": 0, "stream": true, "logit_bias": {"509": -100, "510": -100, "511": -100}}' &
+curl_pid=$!
+for _ in $(seq 1 100); do [ -s "$tmp/cut.txt" ] && break; sleep 0.05; done
+t0=$(date +%s%N)
+stop C "$PID_C"
+wait "$curl_pid" || true
+ms=$((($(date +%s%N) - t0) / 1000000))
+grep -q '"the server is shutting down"' "$tmp/cut.txt" || { tail -c 600 "$tmp/cut.txt"; echo "no shutdown error event"; exit 1; }
+tail -c 20 "$tmp/cut.txt" | grep -q 'data: \[DONE\]' || { echo "stream not ended with [DONE]"; exit 1; }
+echo "script_server: SIGTERM with a 1 s bound: exited after $ms ms"
+[ "$ms" -lt 5000 ] || { echo "shutdown took $ms ms"; exit 1; }
 echo "script_server: all passed"

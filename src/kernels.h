@@ -84,6 +84,12 @@ void spud_dequant_q6_K_avx2(const void *x, float *y, int64_t n);
 float spud_dot_f32_avx2(const float *a, const float *b, int64_t n);
 void spud_axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
 void spud_swiglu_f32_avx2(float *g, const float *u, int64_t n);
+void spud_gemm_f32_avx2(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                        float *y, size_t ldy);
+void spud_gemm_f16_avx2(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                        float *y, size_t ldy);
+void spud_gemm_bf16_avx2(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                        float *y, size_t ldy);
 void spud_gemm_q4_0_avx2(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
                          float *y, size_t ldy);
 void spud_gemm_q8_0_avx2(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
@@ -116,6 +122,12 @@ void spud_axpy_f32_avx512(float *y, float a, const float *x, int64_t n);
 void spud_swiglu_f32_avx512(float *g, const float *u, int64_t n);
 void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
                       const void *v, float *out, float *work);
+void spud_gemm_f32_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                        float *y, size_t ldy);
+void spud_gemm_f16_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                        float *y, size_t ldy);
+void spud_gemm_bf16_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                        float *y, size_t ldy);
 void spud_gemm_q4_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
                            float *y, size_t ldy);
 void spud_gemm_q8_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,

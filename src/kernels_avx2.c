@@ -778,6 +778,100 @@ void spud_gemm_q6_K_avx2(int64_t k, const void *w, size_t rb, int nr, const spud
     gemm2_q(pack2_q6_K, 16, false, 2, false, k, w, rb, nr, x, nc, y, ldy);
 }
 
+/* ---- matrix-matrix products of float weights (f32, f16, bf16) ----
+ * As in kernels_avx512.c: 3 weight rows x 4 activation rows of partial sums
+ * (12 ymm), reduced once per row. */
+
+#define FGEMM2_R 3
+#define FGEMM2_C 4
+
+static inline __m256 load_w8(const void *row, int64_t i, spud_type t) {
+    switch (t) {
+    case SPUD_TYPE_F16: return _mm256_cvtph_ps(LOADU128((const spud_f16 *)row + i));
+    case SPUD_TYPE_BF16: return bf16x8_to_ps((const spud_bf16 *)row + i);
+    default: return _mm256_loadu_ps((const float *)row + i);
+    }
+}
+
+static inline float w_elem(const void *row, int64_t i, spud_type t) {
+    switch (t) {
+    case SPUD_TYPE_F16: return f16s(((const spud_f16 *)row)[i]);
+    case SPUD_TYPE_BF16: return spud_bf16_to_f32(((const spud_bf16 *)row)[i]);
+    default: return ((const float *)row)[i];
+    }
+}
+
+static inline __attribute__((always_inline)) void fgemm2_tile(const spud_type t, int64_t k, const char *w, size_t rb,
+                                                            const int R, const float *x, size_t xs, const int C,
+                                                            float *y, size_t ldy) {
+    __m256 acc[FGEMM2_R][FGEMM2_C];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        __m256 wv[FGEMM2_R];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = load_w8(w + (size_t)r * rb, i, t);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            const __m256 xv = _mm256_loadu_ps(x + (size_t)c * xs + i);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            float sum = hsum_ps(acc[r][c]);
+            for (int64_t e = i; e < k; e++) sum += w_elem(w + (size_t)r * rb, e, t) * x[(size_t)c * xs + e];
+            y[(size_t)c * ldy + r] = sum;
+        }
+}
+
+static inline __attribute__((always_inline)) void fgemm2(const spud_type t, int64_t k, const void *w, size_t rb, int nr,
+                                                       const spud_gemm_x *x, int nc, float *y, size_t ldy) {
+    const size_t xs = x->x_stride / sizeof(float);
+    for (int c0 = 0; c0 < nc; c0 += FGEMM2_C) {
+        const int cn = nc - c0 < FGEMM2_C ? nc - c0 : FGEMM2_C;
+        const float *xc = (const float *)x->x + (size_t)c0 * xs;
+        for (int r0 = 0; r0 < nr; r0 += FGEMM2_R) {
+            const int rn = nr - r0 < FGEMM2_R ? nr - r0 : FGEMM2_R;
+            const char *wr = (const char *)w + (size_t)r0 * rb;
+            float *yc = y + (size_t)c0 * ldy + r0;
+            if (rn == FGEMM2_R && cn == FGEMM2_C) {
+                fgemm2_tile(t, k, wr, rb, FGEMM2_R, xc, xs, FGEMM2_C, yc, ldy);
+            } else {
+                for (int r = 0; r < rn; r++) {
+                    switch (cn) {
+                    case 4: fgemm2_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 4, yc + r, ldy); break;
+                    case 3: fgemm2_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 3, yc + r, ldy); break;
+                    case 2: fgemm2_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 2, yc + r, ldy); break;
+                    default: fgemm2_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 1, yc + r, ldy); break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+void spud_gemm_f32_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                        size_t ldy) {
+    fgemm2(SPUD_TYPE_F32, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_f16_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                        size_t ldy) {
+    fgemm2(SPUD_TYPE_F16, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_bf16_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    fgemm2(SPUD_TYPE_BF16, k, w, rb, nr, x, nc, y, ldy);
+}
+
 /* ---- e^x and SwiGLU ---- */
 
 /* e^x: round(x / ln 2), a degree-6 Taylor polynomial of the remainder
@@ -986,6 +1080,9 @@ const spud_kernel_set spud_kernels_avx2 = {
         [SPUD_TYPE_Q8_0] = spud_gemm_q8_0_avx2,
         [SPUD_TYPE_Q4_K] = spud_gemm_q4_K_avx2,
         [SPUD_TYPE_Q6_K] = spud_gemm_q6_K_avx2,
+        [SPUD_TYPE_F32] = spud_gemm_f32_avx2,
+        [SPUD_TYPE_F16] = spud_gemm_f16_avx2,
+        [SPUD_TYPE_BF16] = spud_gemm_bf16_avx2,
     },
     .gemm_rows = GEMM2_ROWS,
     .swiglu_f32 = spud_swiglu_f32_avx2,

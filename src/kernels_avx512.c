@@ -873,6 +873,94 @@ void spud_gemm_q6_K_avx512(int64_t k, const void *w, size_t rb, int nr, const sp
     gemm_q(pack_q6_K, 16, false, k, w, rb, nr, x, nc, y, ldy);
 }
 
+/* ---- matrix-matrix products of float weights (f32, f16, bf16) ----
+ *
+ * No block scales, so no repacking: a micro-tile of 4 weight rows x 6
+ * activation rows keeps 24 zmm of partial sums over the whole row (4 weight
+ * loads, converted to f32, and 6 activation loads feed 24 FMAs per 16
+ * elements) and reduces each once at the end. The 16 rows of a call (64 KB
+ * of f16 weights for k = 2048) stay in L2 while the activation tiles pass. */
+
+#define FGEMM_R 4
+#define FGEMM_C 6
+
+static inline __m512 load_w16(const void *row, int64_t i, __mmask16 m, spud_type t) {
+    switch (t) {
+    case SPUD_TYPE_F16: return f16x16_to_ps((const spud_f16 *)row + i, m);
+    case SPUD_TYPE_BF16: return bf16x16_to_ps((const spud_bf16 *)row + i, m);
+    default: return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+    }
+}
+
+static inline __attribute__((always_inline)) void fgemm_tile(const spud_type t, int64_t k, const char *w, size_t rb,
+                                                           const int R, const float *x, size_t xs, const int C,
+                                                           float *y, size_t ldy) {
+    __m512 acc[FGEMM_R][FGEMM_C];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 6
+        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+        const __mmask16 m = tail_mask16(k - i);
+        __m512 wv[FGEMM_R];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = load_w16(w + (size_t)r * rb, i, m, t);
+#pragma GCC unroll 6
+        for (int c = 0; c < C; c++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)c * xs + i);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], xv, acc[r][c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 6
+        for (int c = 0; c < C; c++) y[(size_t)c * ldy + r] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+static inline __attribute__((always_inline)) void fgemm(const spud_type t, int64_t k, const void *w, size_t rb, int nr,
+                                                      const spud_gemm_x *x, int nc, float *y, size_t ldy) {
+    const size_t xs = x->x_stride / sizeof(float);
+    for (int c0 = 0; c0 < nc; c0 += FGEMM_C) {
+        const int cn = nc - c0 < FGEMM_C ? nc - c0 : FGEMM_C;
+        const float *xc = (const float *)x->x + (size_t)c0 * xs;
+        for (int r0 = 0; r0 < nr; r0 += FGEMM_R) {
+            const int rn = nr - r0 < FGEMM_R ? nr - r0 : FGEMM_R;
+            const char *wr = (const char *)w + (size_t)r0 * rb;
+            float *yc = y + (size_t)c0 * ldy + r0;
+            if (rn == FGEMM_R && cn == FGEMM_C) {
+                fgemm_tile(t, k, wr, rb, FGEMM_R, xc, xs, FGEMM_C, yc, ldy);
+            } else { /* edges: one row at a time, up to 6 columns */
+                for (int r = 0; r < rn; r++) {
+                    switch (cn) {
+                    case 6: fgemm_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 6, yc + r, ldy); break;
+                    case 5: fgemm_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 5, yc + r, ldy); break;
+                    case 4: fgemm_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 4, yc + r, ldy); break;
+                    case 3: fgemm_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 3, yc + r, ldy); break;
+                    case 2: fgemm_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 2, yc + r, ldy); break;
+                    default: fgemm_tile(t, k, wr + (size_t)r * rb, rb, 1, xc, xs, 1, yc + r, ldy); break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+void spud_gemm_f32_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                          size_t ldy) {
+    fgemm(SPUD_TYPE_F32, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_f16_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                          size_t ldy) {
+    fgemm(SPUD_TYPE_F16, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_bf16_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                           size_t ldy) {
+    fgemm(SPUD_TYPE_BF16, k, w, rb, nr, x, nc, y, ldy);
+}
+
 /* ---- attention (online softmax over tiles of 64 positions) ----
  *
  * Queries go four at a time: for a tile, the scores of 4 queries x 64
@@ -1091,6 +1179,9 @@ const spud_kernel_set spud_kernels_avx512 = {
         [SPUD_TYPE_Q8_0] = spud_gemm_q8_0_avx512,
         [SPUD_TYPE_Q4_K] = spud_gemm_q4_K_avx512,
         [SPUD_TYPE_Q6_K] = spud_gemm_q6_K_avx512,
+        [SPUD_TYPE_F32] = spud_gemm_f32_avx512,
+        [SPUD_TYPE_F16] = spud_gemm_f16_avx512,
+        [SPUD_TYPE_BF16] = spud_gemm_bf16_avx512,
     },
     .gemm_rows = GEMM_ROWS,
     .dot_f32 = spud_dot_f32_avx512,

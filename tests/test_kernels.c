@@ -20,9 +20,10 @@
  *   - spud_axpy_f32: per element |simd - ref| <= 2^-23 * (|y| + |a*x|) (FMA vs mul+add);
  *   - spud_swiglu_f32: per element |simd - ref| <= 16 * 2^-23 * |ref| + 1e-35
  *     (polynomial exp; silu of very negative inputs is below 1e-36 either way);
- *   - gemm kernels (matrix-matrix, quantized weights): every output within
+ *   - gemm kernels (matrix-matrix), quantized weights: every output within
  *     (ng + 8) * 2^-23 * M of exact, ng = k / gemm_group (each group's integer
- *     sum is exact; groups are scaled and summed in float), and within that
+ *     sum is exact; groups are scaled and summed in float); float weights
+ *     (f32, f16, bf16): within the float dots' bound; both also within that
  *     plus the vec_dot bound of the reference vec_dot; spud_gemm_x_row's int8
  *     values and scales equal the vec_dot_type quantizer's, bit for bit;
  *   - spud_matmul through the gemm path vs one row at a time through vec_dot:
@@ -1035,7 +1036,7 @@ static char *gemm_rows(spud_type t, int64_t k, int nc, int pat, uint64_t seed, d
     const spud_type vt = ti->vec_dot_type;
     const size_t xrow = spud_gemm_x_row_bytes(t, k), soff = spud_gemm_x_scale_offset(t, k);
     const int gs = ti->gemm_group;
-    const int64_t ng = k / gs;
+    const int64_t ng = gs ? k / gs : 0;
     char *xs = aligned_alloc(64, xrow * (size_t)nc);
     float *xf = malloc((size_t)k * sizeof(float));
     buf q8 = buf_new(spud_row_size(vt, k), 4);
@@ -1046,6 +1047,11 @@ static char *gemm_rows(spud_type t, int64_t k, int nc, int pat, uint64_t seed, d
         fill(xf, k, pat, seed * 7 + (uint64_t)c);
         char *row = xs + (size_t)c * xrow;
         spud_gemm_x_row(t, xf, k, row);
+        if (!gs) { /* float weights: the rows as they are */
+            cr_assert(memcmp(row, xf, (size_t)k * sizeof(float)) == 0, "%s gemm row %d is not the input", ti->name, c);
+            for (int64_t i = 0; i < k; i++) (*vals)[c * k + i] = xf[i];
+            continue;
+        }
         spud_type_get(vt)->from_float_ref(xf, q8.p, k);
         decode_row(vt, q8.p, k, dq);
         const int8_t *q = (const int8_t *)row;
@@ -1104,7 +1110,7 @@ static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr
     double *xv;
     char *xs = gemm_rows(t, k, nc, pat, seed, &xv);
     const spud_gemm_x gx = {.x = xs, .x_stride = xrow,
-                            .s = (const float *)(const void *)(xs + spud_gemm_x_scale_offset(t, k)),
+                            .s = ti->gemm_group ? (const float *)(const void *)(xs + spud_gemm_x_scale_offset(t, k)) : NULL,
                             .s_stride = xrow / sizeof(float)};
     const size_t ldy = (size_t)nr + 3;
     float *y = malloc(ldy * (size_t)nc * sizeof(float));
@@ -1118,7 +1124,10 @@ static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr
         fill(xf, k, pat, seed * 7 + (uint64_t)c);
         spud_type_get(vt)->from_float_ref(xf, (char *)q8.p + (size_t)c * spud_row_size(vt, k), k);
     }
-    const double ng = (double)(k / ti->gemm_group), nb = (double)(k / ti->block_size);
+    const double nb = (double)(k / ti->block_size);
+    /* float weights: the float dot's bound (no groups); quantized: groups scaled in float */
+    const double terms = ti->gemm_group ? (double)(k / ti->gemm_group) + 8 : (double)k / 8 + 16;
+    const double ref_terms = ti->is_quantized ? nb + 8 : (double)k / 8 + 16;
     for (int r = 0; r < nr; r++) {
         const char *row = (const char *)w.p + (size_t)r * rb;
         decode_row(t, row, k, dw);
@@ -1129,7 +1138,7 @@ static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr
                 exact += dw[i] * xv[c * k + i];
                 mag += mw[i] * fabs(xv[c * k + i]);
             }
-            const double bound = (ng + 8) * FLT_EPSILON * mag;
+            const double bound = terms * FLT_EPSILON * mag;
             const float got = y[(size_t)c * ldy + (size_t)r];
             cr_assert(fabs(got - exact) <= bound,
                       "%s %s gemm k=%lld nr=%d nc=%d row %d col %d %s seed %llu%s: %.9g vs exact %.9g (bound %.3g)",
@@ -1137,7 +1146,7 @@ static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr
                       random_bytes ? " random blocks" : "", (double)got, exact, bound);
             float ref;
             ti->vec_dot_ref(k, &ref, row, (const char *)q8.p + (size_t)c * spud_row_size(vt, k));
-            cr_assert(fabs(got - ref) <= bound + (nb + 8) * FLT_EPSILON * mag, "%s %s gemm vs vec_dot_ref: %.9g vs %.9g",
+            cr_assert(fabs(got - ref) <= bound + ref_terms * FLT_EPSILON * mag, "%s %s gemm vs vec_dot_ref: %.9g vs %.9g",
                       ti->name, ks->name, (double)got, (double)ref);
         }
         for (int c = 0; c < nc; c++)
@@ -1180,6 +1189,10 @@ Test(gemm, q4_0) { gemm_suite(SPUD_TYPE_Q4_0, gemm_len32, sizeof gemm_len32 / si
 Test(gemm, q8_0) { gemm_suite(SPUD_TYPE_Q8_0, gemm_len32, sizeof gemm_len32 / sizeof gemm_len32[0]); }
 Test(gemm, q4_K) { gemm_suite(SPUD_TYPE_Q4_K, gemm_len256, sizeof gemm_len256 / sizeof gemm_len256[0]); }
 Test(gemm, q6_K) { gemm_suite(SPUD_TYPE_Q6_K, gemm_len256, sizeof gemm_len256 / sizeof gemm_len256[0]); }
+static const int64_t gemm_len1[] = {1, 15, 16, 17, 100, 1000, 2051};
+Test(gemm, f32) { gemm_suite(SPUD_TYPE_F32, gemm_len1, sizeof gemm_len1 / sizeof gemm_len1[0]); }
+Test(gemm, f16) { gemm_suite(SPUD_TYPE_F16, gemm_len1, sizeof gemm_len1 / sizeof gemm_len1[0]); }
+Test(gemm, bf16) { gemm_suite(SPUD_TYPE_BF16, gemm_len1, sizeof gemm_len1 / sizeof gemm_len1[0]); }
 
 /* spud_matmul: many rows at once (the gemm path where the kernels have one)
  * against one row per call (vec_dot), on 2 threads. */

@@ -797,7 +797,11 @@ static inline float w_elem(const void *row, int64_t i, spud_type t) {
     switch (t) {
     case SPUD_TYPE_F16: return f16s(((const spud_f16 *)row)[i]);
     case SPUD_TYPE_BF16: return spud_bf16_to_f32(((const spud_bf16 *)row)[i]);
-    default: return ((const float *)row)[i];
+    default: {
+        float f;
+        memcpy(&f, (const float *)row + i, sizeof f);
+        return f;
+    }
     }
 }
 

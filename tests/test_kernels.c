@@ -1085,7 +1085,7 @@ static char *gemm_rows(spud_type t, int64_t k, int nc, int pat, uint64_t seed, d
  * from gaussian floats or random blocks. */
 static buf gemm_weights(spud_type t, int64_t k, int nr, uint64_t seed, bool random_bytes) {
     const size_t rb = spud_row_size(t, k);
-    buf w = buf_new(rb * (size_t)nr, 2 * (1 + seed % 8));
+    buf w = buf_new(rb * (size_t)nr, misalign(t) * (1 + seed % 8));
     float *wf = malloc((size_t)k * sizeof(float));
     for (int r = 0; r < nr; r++) {
         char *row = (char *)w.p + (size_t)r * rb;

@@ -88,9 +88,11 @@ size_t spud_tok_max_piece_len(const spud_tokenizer *t);
  * Invalid UTF-8 becomes U+FFFD first, one per maximal invalid subpart (what a
  * UTF-8 decoder in replacement mode, such as JavaScript's TextDecoder or
  * Python's errors="replace", gives the reference tokenizers). Time is linear
- * in the text for realistic text (O(w log w) for a word of w bytes); memory is
- * the ids plus at most a few copies of the longest run of text between special
- * tokens, and about 40 bytes per byte of the longest single word. */
+ * in the text (O(w log w) for a single pre-tokenized word of w bytes). Memory
+ * beyond the ids (4 bytes per token): copies of at most 1 MB blocks of the
+ * text (UTF-8 repair, NFC; SentencePiece: of the text between two special
+ * tokens, and only when it has invalid UTF-8), and about 30 bytes per byte of
+ * the longest single word. */
 spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t len,
                             bool add_special, bool parse_special, int32_t **ids, size_t *n_ids);
 

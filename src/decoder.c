@@ -265,7 +265,7 @@ static void matmul_group(spud_ctx *c, const spud_weight *const *ws, float *const
 }
 
 spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
-                                 const int32_t *out_idx, int32_t n_out) {
+                                 const int32_t *out_idx, int32_t n_out, float *logits) {
     const spud_model *m = c->model;
     const spud_hparams *hp = &m->hp;
     spud_pool *pool = c->pool;
@@ -291,7 +291,6 @@ spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
     }
     if (n_out > 0) {
         const spud_weight *out = &m->output;
-        float *logits = c->logits;
         matmul_group(c, &out, &logits, 1, c->out_rows, n_out, prep_out_norm, &f);
     }
     return SPUD_OK;

@@ -336,10 +336,11 @@ spud_status spud_ctx_new_params(const spud_model *m, const spud_ctx_params *para
     c->n_logits_max = (int32_t)n_seq;
     if ((st = spud_pool_new(m->n_threads, &c->pool))) goto fail;
     c->n_past = spud_calloc(n_seq, sizeof *c->n_past);
+    c->seq_need = spud_calloc(n_seq, sizeof *c->seq_need);
     size_t half = (size_t)kv_bytes / 2;
     c->k_cache = spud_aligned_alloc(64, half);
     c->v_cache = spud_aligned_alloc(64, half);
-    if (!c->n_past || !c->k_cache || !c->v_cache) {
+    if (!c->n_past || !c->seq_need || !c->k_cache || !c->v_cache) {
         st = spud_errorf(SPUD_ERR_NOMEM, "cannot allocate %.2f GiB of KV cache for %u x %u tokens",
                          (double)kv_bytes / (1 << 30), n_seq, n_ctx);
         goto fail;
@@ -399,6 +400,7 @@ void spud_ctx_free(spud_ctx *c) {
     if (!c) return;
     if (c->pool) spud_pool_free(c->pool);
     spud_free(c->n_past);
+    spud_free(c->seq_need);
     spud_free(c->k_cache);
     spud_free(c->v_cache);
     spud_free(c->arena);
@@ -448,8 +450,8 @@ spud_status spud_decode_batch(spud_ctx *c, const spud_batch *b, const float **lo
     size_t n = b->n, n_out = 0;
     if (n == 0) return spud_errorf(SPUD_ERR_INVALID, "nothing to decode");
     /* Validate everything first, so that an error changes nothing. */
-    uint32_t *need = spud_calloc(c->n_seq, sizeof *need);
-    if (!need) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    uint32_t *need = c->seq_need; /* rows per sequence; allocated with the context */
+    memset(need, 0, c->n_seq * sizeof *need);
     for (size_t i = 0; i < n; i++) {
         uint32_t s = b->seq ? b->seq[i] : 0;
         if (s >= c->n_seq) {
@@ -487,18 +489,13 @@ spud_status spud_decode_batch(spud_ctx *c, const spud_batch *b, const float **lo
             c->row_pos[j] = c->n_past[s]++;
             if (b->want_logits ? b->want_logits[i] : i == n - 1) out_idx[n_chunk_out++] = j;
         }
-        /* logits of earlier chunks stay in place: each chunk writes after them */
-        st = spud_decoder_forward(c, b->in + i0, k, out_idx, n_chunk_out);
+        /* each chunk writes its logits after those of the chunks before it */
+        st = spud_decoder_forward(c, b->in + i0, k, out_idx, n_chunk_out, c->logits + n_out * (size_t)hp->n_vocab);
         if (st) goto done;
-        if (n_chunk_out) {
-            size_t nv = (size_t)hp->n_vocab;
-            memmove(c->logits + n_out * nv, c->logits, (size_t)n_chunk_out * nv * sizeof(float));
-        }
         n_out += (size_t)n_chunk_out;
     }
     if (logits) *logits = c->logits;
 done:
-    spud_free(need);
     return st;
 }
 

@@ -94,6 +94,7 @@ struct spud_ctx {
     uint32_t n_ctx;   /* positions per sequence */
     uint32_t n_seq;
     uint32_t *n_past; /* (n_seq) positions used per sequence */
+    uint32_t *seq_need; /* (n_seq) scratch of spud_decode_batch: rows per sequence */
     /* KV cache of kv_type (F32 or F16): one region of n_ctx_alloc positions
      * per [layer][seq][kv_head]; in it K is stored in transposed tiles of 16
      * positions and V row-major (tensor.h, "attention over one KV head"). */
@@ -136,9 +137,10 @@ static inline size_t spud_kv_region(const spud_ctx *c, int layer, uint32_t seq, 
 size_t spud_decoder_attn_work_floats(const spud_hparams *hp);
 
 /* Forward pass over n rows (n <= c->n_batch) whose row_seq / row_pos are set;
- * writes the logits of the n_out rows listed in out_idx. (decoder.c) */
+ * writes the logits of the n_out rows listed in out_idx to logits (n_out x
+ * n_vocab floats). (decoder.c) */
 spud_status spud_decoder_forward(spud_ctx *c, const spud_input *in, int32_t n,
-                                 const int32_t *out_idx, int32_t n_out);
+                                 const int32_t *out_idx, int32_t n_out, float *logits);
 
 /* Append n synthetic positions to sequence seq: seeded pseudo-random K and V
  * rows of unit scale, for benchmarks that need a deep cache without

@@ -200,6 +200,42 @@ Test(model, multi_sequence_batch_equals_single) {
     multi_sequence(FIX("llama-q4_k_m.gguf"), SPUD_KV_F32);
 }
 
+/* A batch longer than one forward chunk (256 rows) with logits wanted in
+ * several chunks: each row's logits are its own. */
+Test(model, logits_across_chunks) {
+    spud_model *m = load(FIX("llama-q8_0.gguf"));
+    const int nv = spud_model_n_vocab(m);
+    enum { NA = 200, NB = 150 };
+    int32_t a[NA], b[NB];
+    for (int i = 0; i < NA; i++) a[i] = (i * 31 + 5) % nv;
+    for (int i = 0; i < NB; i++) b[i] = (i * 17 + 100) % nv;
+    float *ra = malloc(sizeof(float) * (size_t)nv), *rb = malloc(sizeof(float) * (size_t)nv);
+    const float *l;
+    spud_ctx *s = ctx_kv(m, 256, 1, SPUD_KV_AUTO);
+    cr_assert_eq(spud_decode_tokens(s, a, NA, &l), SPUD_OK);
+    memcpy(ra, l, sizeof(float) * (size_t)nv);
+    spud_ctx_reset(s);
+    cr_assert_eq(spud_decode_tokens(s, b, NB, &l), SPUD_OK);
+    memcpy(rb, l, sizeof(float) * (size_t)nv);
+    spud_ctx_free(s);
+    /* all of a, then all of b: a's last row is in the first chunk, b's in the second */
+    spud_input in[NA + NB];
+    uint32_t seq[NA + NB];
+    bool want[NA + NB] = {0};
+    for (int i = 0; i < NA; i++) in[i] = (spud_input){.token = a[i]}, seq[i] = 0;
+    for (int i = 0; i < NB; i++) in[NA + i] = (spud_input){.token = b[i]}, seq[NA + i] = 1;
+    want[NA - 1] = want[NA + NB - 1] = true;
+    spud_ctx *mc = ctx_kv(m, 256, 2, SPUD_KV_AUTO);
+    spud_batch batch = {.in = in, .seq = seq, .want_logits = want, .n = NA + NB};
+    cr_assert_eq(spud_decode_batch(mc, &batch, &l), SPUD_OK, "%s", spud_last_error());
+    cr_expect_lt(max_abs_diff(l, ra, nv), 1e-4f, "first chunk's logits");
+    cr_expect_lt(max_abs_diff(l + nv, rb, nv), 1e-4f, "second chunk's logits");
+    free(ra);
+    free(rb);
+    spud_ctx_free(mc);
+    spud_model_free(m);
+}
+
 /* The cache type follows the weights unless asked; its size follows the type. */
 Test(model, kv_types) {
     spud_model *mf = load(FIX("llama-f16.gguf")), *mq = load(FIX("llama-q4_0.gguf"));

@@ -27,4 +27,23 @@ bool cli_parse_f32(const char *cmd, const char *flag, const char *text, float *o
 /* Print "spud CMD: <formatted>" to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* spud schema2gbnf, spud grammar, and the grammar options of spud run (cli/cmd_grammar.c). */
+int cmd_schema2gbnf(int argc, char **argv);
+int cmd_grammar(int argc, char **argv);
+struct spud_model;
+typedef struct {
+    const char *grammar_file, *schema_file, *tools_file, *tool_choice, *tool_format;
+    bool json_object, no_strict, parallel;
+} cli_grammar_opts;
+typedef struct cli_grammar cli_grammar;
+/* If argv[i] is a grammar option, store it in o: the number of arguments used, 0 if it is not one, -1 on error (printed). */
+int cli_grammar_option(cli_grammar_opts *o, int argc, char **argv, int i);
+/* Compile the grammar o asks for (*out NULL if none) for the model's vocabulary; false on error (printed). */
+bool cli_grammar_start(const cli_grammar_opts *o, const struct spud_model *m, cli_grammar **out);
+/* The logits to sample from: a masked copy, or logits itself when g is NULL; NULL on error (printed). */
+const float *cli_grammar_constrain(cli_grammar *g, const float *logits, int32_t n_vocab);
+bool cli_grammar_accept(cli_grammar *g, int32_t token); /* false on error (printed) */
+void cli_grammar_free(cli_grammar *g);
+const char *cli_grammar_usage(void); /* option lines for spud run --help */
+
 #endif

@@ -33,6 +33,7 @@ static void run_usage(FILE *f) {
             "  --no-bos             do not add BOS even if the model asks for it\n"
             "  --parse-special      recognise control tokens such as <|im_start|> in the prompt\n"
             "  --ids                print generated token ids as a JSON array instead of text\n");
+    fputs(cli_grammar_usage(), f);
 }
 
 int cmd_run(int argc, char **argv) {
@@ -40,7 +41,9 @@ int cmd_run(int argc, char **argv) {
     int64_t n_predict = 128, n_ctx = 0, n_threads = 0, v;
     bool add_bos = true, parse_special = false, ids_out = false;
     spud_sampler_params sp = spud_sampler_default_params();
-    int rc = 1;
+    int rc = 1, k;
+    cli_grammar_opts gopts = {0};
+    cli_grammar *gram = NULL;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -108,6 +111,9 @@ int cmd_run(int argc, char **argv) {
             parse_special = true;
         } else if (!strcmp(a, "--ids")) {
             ids_out = true;
+        } else if ((k = cli_grammar_option(&gopts, argc, argv, i)) != 0) {
+            if (k < 0) return 2;
+            i += k - 1;
         } else {
             cli_error(cmd, "unknown option '%s' (see spud run --help)", a);
             return 2;
@@ -174,6 +180,7 @@ int cmd_run(int argc, char **argv) {
         goto done;
     }
     for (size_t i = 0; i < n_ids; i++) spud_sampler_accept(smp, ids[i]);
+    if (!cli_grammar_start(&gopts, model, &gram)) goto done;
     piece_cap = SPUD_DETOK_OUT_MAX(spud_tok_max_piece_len(model->tok));
     piece = spud_malloc(piece_cap);
     if (!piece) {
@@ -194,11 +201,14 @@ int cmd_run(int argc, char **argv) {
     if (ids_out) fputc('[', stdout);
     for (;;) {
         if (n_predict >= 0 && n_gen >= n_predict) break;
-        int32_t tok = spud_sampler_sample(smp, logits, spud_model_n_vocab(model));
+        const float *lg = cli_grammar_constrain(gram, logits, spud_model_n_vocab(model));
+        if (!lg) goto done;
+        int32_t tok = spud_sampler_sample(smp, lg, spud_model_n_vocab(model));
         if (spud_token_is_eog(model, tok)) {
             stop = "end of text";
             break;
         }
+        if (!cli_grammar_accept(gram, tok)) goto done;
         spud_sampler_accept(smp, tok);
         n_gen++;
         if (ids_out) {
@@ -237,6 +247,7 @@ done:
     spud_free(piece);
     spud_free(file_text);
     spud_sampler_free(smp);
+    cli_grammar_free(gram);
     spud_ctx_free(ctx);
     spud_model_free(model);
     return rc;

@@ -21,6 +21,8 @@ static const struct {
     {"bench", cmd_bench, "measure prompt and generation speed, and memory bandwidth"},
     {"template", cmd_template, "print a conversation rendered with a chat template"},
     {"chat", cmd_chat, "chat with a model in the terminal"},
+    {"schema2gbnf", cmd_schema2gbnf, "print the GBNF grammar of a JSON Schema"},
+    {"grammar", cmd_grammar, "check grammars, print tool-call grammars, time grammar masks"},
 };
 
 static void usage(FILE *f) {

@@ -152,6 +152,7 @@ typedef struct value {
 typedef struct jlist {
     size_t n;
     value *v;
+    const char *err; /* a generator whose first iteration raises this (jinja2's lazy filters) */
 } jlist;
 
 typedef struct jdict {
@@ -524,8 +525,9 @@ static bool str_eqc(const jstr *a, const char *c) {
 }
 
 static jlist *list_new(R *r, size_t n) {
-    jlist *l = ralloc(r, sizeof *l + 0);
+    jlist *l = ralloc(r, sizeof *l);
     if (!l) return NULL;
+    l->err = NULL;
     l->n = n;
     l->v = n ? ralloc(r, n * sizeof(value)) : NULL;
     if (n && !l->v) return NULL;
@@ -1638,6 +1640,28 @@ static node *parse_primary(P *p) {
     return NULL;
 }
 
+/* A literal whose value jinja2's optimizer computes at compile time. */
+static bool is_const(const node *x) {
+    if (!x) return true;
+    if (x->kind == E_CONST) return true;
+    if (x->kind == E_NEG || x->kind == E_POS || x->kind == E_NOT) return is_const(x->a);
+    if (x->kind == E_BIN || x->kind == E_AND || x->kind == E_OR) return is_const(x->a) && is_const(x->b);
+    if (x->kind == E_CONCAT || x->kind == E_CMP) {
+        for (uint32_t i = 0; i < x->nk; i++)
+            if (!is_const(x->kids[i])) return false;
+        return true;
+    }
+    if (x->kind == E_SLICE) return is_const(x->a) && is_const(x->b) && is_const(x->c) && is_const(x->d);
+    if (x->kind == E_LIST || x->kind == E_TUPLE || x->kind == E_DICT) {
+        for (uint32_t i = 0; i < x->nk; i++)
+            if (!is_const(x->kids[i])) return false;
+        for (uint32_t i = 0; i < x->nk2; i++)
+            if (!is_const(x->kids2[i])) return false;
+        return true;
+    }
+    return false;
+}
+
 /* One subscript element: an expression or a slice a:b:c. */
 static node *parse_subscribed(P *p, int line) {
     node *args[3] = {0};
@@ -2356,6 +2380,38 @@ static bool subparse(P *p, nvec *body, const char *const *end) {
     }
 }
 
+/* jinja2 slices with Python's [] at run time, where slicing a non-sequence
+ * raises; but its optimizer folds constant expressions at compile time
+ * through the sandbox's getitem, where it gives Undefined. A fold sticks when
+ * it is printed directly ({{ }}) or when a larger constant expression around
+ * the slice turns the Undefined into a plain value. Mark those slices. */
+static void mark_all_slices(node *x) {
+    if (!x) return;
+    if (x->kind == E_SLICE) x->flags = 1;
+    mark_all_slices(x->a);
+    mark_all_slices(x->b);
+    mark_all_slices(x->c);
+    mark_all_slices(x->d);
+    for (uint32_t i = 0; i < x->nk; i++) mark_all_slices(x->kids[i]);
+    for (uint32_t i = 0; i < x->nk2; i++) mark_all_slices(x->kids2[i]);
+}
+
+static void mark_folded_slices(node *x, bool printed) {
+    if (!x) return;
+    if (x->kind >= E_CONST && is_const(x)) {
+        if (printed || x->kind != E_SLICE) mark_all_slices(x);
+        return;
+    }
+    bool out = x->kind == S_OUT;
+    mark_folded_slices(x->a, out);
+    mark_folded_slices(x->b, false);
+    mark_folded_slices(x->c, false);
+    mark_folded_slices(x->d, false);
+    mark_folded_slices(x->e, false);
+    for (uint32_t i = 0; i < x->nk; i++) mark_folded_slices(x->kids[i], false);
+    for (uint32_t i = 0; i < x->nk2; i++) mark_folded_slices(x->kids2[i], false);
+}
+
 /* jinja2 rejects unknown filters and tests at compile time, except where
  * they sit directly in an if statement or a conditional expression (a
  * "soft" frame), where the error waits until they run. */
@@ -2796,6 +2852,7 @@ static bool iterate(R *r, value v, const value **items, size_t *n) {
         *n = 0;
         return true;
     case T_LIST:
+        if (v.u.l->err) return FAIL(r, "%s", v.u.l->err);
         *items = v.u.l->v;
         *n = v.u.l->n;
         return true;
@@ -3186,9 +3243,9 @@ static bool apply_test(R *r, int id, const jstr *name, value v, args_t *a, bool 
 static bool make_slice(R *r, value obj, value vs, value ve, value vst, value *out) {
     if (obj.t == T_UNDEF) return undef_error(r, obj);
     bool is_str = obj.t == T_STR;
-    if (!is_str && !is_seq(obj)) {
-        *out = (value){.t = T_UNDEF, .flag = U_ITEM, .aux = obj.t};
-        return true;
+    if (!is_str && !is_seq(obj)) { /* jinja2 slices with Python's [], not the sandbox's getitem */
+        if (obj.t == T_DICT) return FAIL(r, "unhashable type: 'slice'");
+        return FAIL(r, "'%s' object is not subscriptable", tname(obj));
     }
     for (int i = 0; i < 3; i++) {
         value v = i == 0 ? vs : i == 1 ? ve : vst;
@@ -3286,6 +3343,10 @@ static bool eval(R *r, const node *x, value *out) {
         if (x->c && !eval(r, x->c, &e)) return false;
         if (x->d && !eval(r, x->d, &st)) return false;
         r->line = x->line;
+        if (x->flags && a.t != T_STR && !is_seq(a)) {
+            *out = (value){.t = T_UNDEF, .flag = U_ITEM, .aux = a.t};
+            return true;
+        }
         return make_slice(r, a, s, e, st, out);
     }
     case E_CALL: {
@@ -3839,6 +3900,7 @@ static bool list_push(R *r, value **v, size_t *n, size_t *cap, value x) {
 static value list_value(R *r, value *v, size_t n, int flag) {
     jlist *l = ralloc(r, sizeof *l);
     if (!l) return V_UNDEF;
+    l->err = NULL;
     l->n = n;
     l->v = v;
     return v_list(l, flag);
@@ -4311,7 +4373,26 @@ static bool parse_pyfloat(const jstr *s, double *out) {
 static bool select_items(R *r, value seq, args_t *a, bool by_attr, bool keep, value *out);
 static bool filter_map(R *r, value seq, args_t *a, value *out);
 
+static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a, value *out);
+
+/* jinja2's map, select, reject, selectattr, rejectattr, unique, items and batch
+ * are generators: their errors surface only when something iterates them. */
 static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, value *out) {
+    bool lazy = id == F_MAP || id == F_SELECT || id == F_REJECT || id == F_SELECTATTR ||
+                id == F_REJECTATTR || id == F_UNIQUE || id == F_ITEMS || id == F_BATCH;
+    if (apply_filter_now(r, id, name, v, a, out)) return true;
+    if (!lazy || r->st != SPUD_ERR_INVALID) return false;
+    char *msg = ralloc(r, strlen(r->msg) + 1);
+    if (!msg) return false;
+    strcpy(msg, r->msg);
+    r->failed = false;
+    *out = list_value(r, NULL, 0, L_GEN);
+    if (out->t != T_LIST) return false;
+    out->u.l->err = msg;
+    return true;
+}
+
+static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a, value *out) {
     value s[6];
     const jstr *str;
 #define BIND(fname, ...)                                                                           \
@@ -4483,7 +4564,11 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
     case F_INDENT: {
         BIND("indent", "width", "first", "blank");
         const jstr *ind;
-        if (!soft_str(r, v, &str)) return false;
+        /* jinja2's do_indent does s += "\n" on the value itself */
+        if (v.t == T_UNDEF) return undef_error(r, v);
+        if (v.t == T_LIST && v.flag == L_LIST) return FAIL(r, "'list' object has no attribute 'splitlines'");
+        if (v.t != T_STR) return FAIL(r, "unsupported operand type(s) for +=: '%s' and 'str'", tname(v));
+        str = v.u.s;
         if (!given(s[0])) {
             JSTR_LIT(four, "    ");
             ind = four;
@@ -4833,6 +4918,60 @@ static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, val
             }
         }
         *out = list_value(r, outv, k, L_GEN);
+        return out->t == T_LIST;
+    }
+    case F_CENTER: {
+        BIND("center", "width");
+        if (!soft_str(r, v, &str)) return false;
+        v = v_str(str);
+        int64_t w = 80;
+        if (given(s[0])) {
+            if (s[0].t != T_INT && s[0].t != T_BOOL) return FAIL(r, "'%s' object cannot be interpreted as an integer", tname(s[0]));
+            w = as_int(s[0]);
+        }
+        int64_t len = (int64_t)u8_count(v.u.s->s, v.u.s->len);
+        if (w <= len) {
+            *out = v;
+            return true;
+        }
+        if ((uint64_t)w > r->max_output) return fail(r, SPUD_ERR_RANGE, "center width too large");
+        int64_t marg = w - len, left = marg / 2 + (marg & w & 1);
+        buf b = {0};
+        bool ok = true;
+        for (int64_t i = 0; ok && i < left; i++) ok = buf_putc(r, &b, ' ');
+        if (ok) ok = buf_put(r, &b, v.u.s->s, v.u.s->len);
+        for (int64_t i = 0; ok && i < marg - left; i++) ok = buf_putc(r, &b, ' ');
+        if (!ok) {
+            buf_free(&b);
+            return false;
+        }
+        jstr *res = buf_finish(r, &b, v.u.s->safe);
+        if (!res) return false;
+        *out = v_str(res);
+        return true;
+    }
+    case F_BATCH: {
+        BIND("batch", "linecount", "fill_with");
+        if (!given(s[0])) return FAIL(r, "do_batch() missing 1 required positional argument: 'linecount'");
+        if (s[0].t != T_INT && s[0].t != T_BOOL) return FAIL(r, "'%s' object cannot be interpreted as an integer", tname(s[0]));
+        int64_t k = as_int(s[0]);
+        const value *items;
+        size_t n;
+        if (!iterate(r, v, &items, &n)) return false;
+        if (k <= 0 && n > 0) return FAIL(r, "batch size must be positive");
+        size_t nb = n ? (n + (size_t)k - 1) / (size_t)k : 0;
+        value *rows = nb ? ralloc(r, nb * sizeof *rows) : NULL;
+        if (nb && !rows) return false;
+        for (size_t b = 0; b < nb; b++) {
+            size_t from = b * (size_t)k, cnt = n - from < (size_t)k ? n - from : (size_t)k;
+            bool fill = given(s[1]) && s[1].t != T_NONE && cnt < (size_t)k;
+            jlist *row = list_new(r, fill ? (size_t)k : cnt);
+            if (!row) return false;
+            memcpy(row->v, items + from, cnt * sizeof(value));
+            for (size_t j = cnt; fill && j < (size_t)k; j++) row->v[j] = s[1];
+            rows[b] = v_list(row, L_LIST);
+        }
+        *out = list_value(r, rows, nb, L_GEN);
         return out->t == T_LIST;
     }
     case F_WORDCOUNT: {
@@ -5492,6 +5631,7 @@ spud_status spud_jinja_parse(const char *src, size_t len, spud_jinja_template **
     root->kids = body.v;
     root->nk = body.n;
     if (!check_names(&p, root, false)) goto fail;
+    mark_folded_slices(root, false);
     t->root = root;
     spud_free(p.toks);
     *out = t;

@@ -13,6 +13,7 @@ differences: integers beyond 64 bits, the repr of objects that prints an
 address (generators, bound methods), range objects printed as lists, output
 over spud's bounds.
 """
+import copy
 import json
 import os
 import signal
@@ -53,7 +54,8 @@ def main():
         try:
             signal.alarm(5)
             try:
-                want = env.from_string(src).render(messages=conv["messages"], tools=conv["tools"],
+                c = copy.deepcopy(conv)  # jinja2's indent filter extends a list in place
+                want = env.from_string(src).render(messages=c["messages"], tools=c["tools"],
                                                    add_generation_prompt=True, bos_token="<s>",
                                                    eos_token="</s>").encode("utf-8")
                 ok = True

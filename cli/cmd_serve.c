@@ -114,7 +114,7 @@ int cmd_serve(int argc, char **argv) {
             if (!cli_parse_i64(cmd, a, val, 1, 1 << 20, &v)) return 2;
             ep.max_queue = (int32_t)v;
         } else if (!strcmp(a, "--max-body")) {
-            if (!cli_parse_i64(cmd, a, val, 1, (int64_t)1 << 40, &v)) return 2;
+            if (!cli_parse_i64(cmd, a, val, 1, (int64_t)1 << 30, &v)) return 2; /* the JSON parser takes an int */
             sp.max_body = (size_t)v;
         } else if (!strcmp(a, "--prefill-chunk")) {
             if (!cli_parse_i64(cmd, a, val, 1, 256, &v)) return 2;

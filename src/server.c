@@ -640,6 +640,7 @@ spud_status spud_server_start(const spud_server_params *p, spud_server **out) {
     if (!s) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
     s->p = *p;
     if (!s->p.max_body) s->p.max_body = SRV_DEFAULT_MAX_BODY;
+    if (s->p.max_body > (size_t)1 << 30) s->p.max_body = (size_t)1 << 30; /* json-c takes an int length */
     if (!s->p.store_bytes) s->p.store_bytes = SRV_DEFAULT_STORE;
     if (s->p.max_connections <= 0) s->p.max_connections = 1024;
     pthread_mutex_init(&s->mu, NULL);

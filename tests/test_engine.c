@@ -345,3 +345,45 @@ Test(engine, context_limits) {
     spud_engine_free(e);
     spud_model_free(m);
 }
+
+/* A prompt that extends the prompt of a running request gets its KV copied
+ * from that request's slot, and still the reference text. */
+Test(engine, prefix_copied_from_a_busy_slot) {
+    spud_model *m = load(FIX("llama-f32.gguf"));
+    spud_engine *e;
+    cr_assert_eq(spud_engine_new(m, &(spud_engine_params){.n_ctx = 4096, .n_parallel = 2}, &e), SPUD_OK);
+    int32_t *a;
+    size_t na;
+    prompt_ids(m, 2, &a, &na);
+    int32_t b[128];
+    memcpy(b, a, na * sizeof *b);
+    size_t nb = na;
+    b[nb++] = 300;
+    b[nb++] = 301;
+    char *ref = reference(m, b, nb, 12);
+    spud_engine_req_params pa = greedy(a, na, 0); /* runs until cancelled (or 4096 positions) */
+    spud_engine_req *ra, *rb;
+    cr_assert_eq(spud_engine_submit(e, &pa, &ra), SPUD_OK);
+    spud_engine_delta d = {0};
+    while (d.n_gen < 2) {
+        spud_engine_req_wait(ra, 1000);
+        spud_engine_req_take(ra, 0, &d);
+    }
+    spud_engine_req_params pb = greedy(b, nb, 12);
+    cr_assert_eq(spud_engine_submit(e, &pb, &rb), SPUD_OK);
+    collected c;
+    collect(rb, 1, &c);
+    spud_engine_req_info info;
+    spud_engine_req_get_info(rb, &info);
+    cr_expect_eq(info.n_cached, na, "cached %u of a's %zu prompt tokens", info.n_cached, na);
+    cr_expect_str_eq(c.text[0], ref);
+    cr_expect(!spud_engine_req_done(ra), "a was still running, so b's prefix came from a busy slot");
+    collected_free(&c);
+    spud_engine_req_release(rb);
+    spud_engine_req_release(ra);
+    spud_engine_delta_free(&d);
+    free(ref);
+    spud_free(a);
+    spud_engine_free(e);
+    spud_model_free(m);
+}

@@ -26,7 +26,7 @@
 static void bench_usage(FILE *f) {
     fprintf(f,
             "usage: spud bench -m MODEL [-p N] [-n N] [-t THREADS] [-r REPS] [--ctx-depth D[,D...]]\n"
-            "                  [--real-depth] [--kv-type f16|f32] [--json]\n"
+            "                  [--real-depth] [--kv-type f16|f32|q8_0] [--json]\n"
             "       spud bench --memory [-t THREADS] [-r REPS] [--json]\n"
             "Measure prompt processing (pp: one batch of N tokens) and generation (tg: N tokens,\n"
             "one decode call each), as tokens/s mean and standard deviation over REPS runs after\n"
@@ -39,7 +39,7 @@ static void bench_usage(FILE *f) {
             "  -r REPS         repetitions (default 3)\n"
             "  --ctx-depth D   positions already in the cache (default 0; a comma list runs each)\n"
             "  --real-depth    fill the depth by decoding tokens (default: synthetic cache rows)\n"
-            "  --kv-type T     KV cache element type: f16 or f32 (default: the library's choice)\n"
+            "  --kv-type T     KV cache element type: f16, f32 or q8_0 (default: the library's choice)\n"
             "  --memory        measure memory read bandwidth instead: a 1 GiB buffer streamed by the\n"
             "                  f32 dot and by the q8_0 dot (as decode reads weights) on the threads;\n"
             "                  the limit is the best run of either\n"
@@ -308,8 +308,10 @@ int cmd_bench(int argc, char **argv) {
                 kv_type = SPUD_KV_F16;
             } else if (!strcmp(val, "f32")) {
                 kv_type = SPUD_KV_F32;
+            } else if (!strcmp(val, "q8_0")) {
+                kv_type = SPUD_KV_Q8_0;
             } else {
-                cli_error(cmd, "bad value for --kv-type: '%s' (f16 or f32)", val);
+                cli_error(cmd, "bad value for --kv-type: '%s' (f16, f32 or q8_0)", val);
                 return 2;
             }
         } else if (!strcmp(a, "--real-depth")) {

@@ -98,9 +98,12 @@ spud_status spud_ctx_new_multi(const spud_model *m, uint32_t n_ctx, uint32_t n_s
  * when the model's K and V projections are quantized (their inputs are
  * rounded to 8 bits already), f32 when they are float (F32, F16, BF16: spud
  * keeps those activations in f32). The environment variable
- * SPUD_KV_TYPE=f32|f16 overrides AUTO. f16 halves the cache's memory and the
- * bandwidth attention needs. */
-typedef enum { SPUD_KV_AUTO = 0, SPUD_KV_F32, SPUD_KV_F16 } spud_kv_type;
+ * SPUD_KV_TYPE=f32|f16|q8_0 overrides AUTO. f16 halves the cache's memory and
+ * the bandwidth attention needs; Q8_0 (int8 and one scale per position and
+ * head, queries rounded to int8 for the scores) halves it again at the cost
+ * of about 0.5% error per cached value (CPUs without AVX-512 VNNI get F16
+ * instead; spud_ctx_kv_bytes_per_token tells which). */
+typedef enum { SPUD_KV_AUTO = 0, SPUD_KV_F32, SPUD_KV_F16, SPUD_KV_Q8_0 } spud_kv_type;
 typedef struct {
     uint32_t n_ctx; /* positions per sequence (0: the training context) */
     uint32_t n_seq; /* sequences (0: 1) */

@@ -132,7 +132,14 @@ static void rope(float *v, const float *cs, int n_rot, bool neox) {
 static void kv_store(spud_ctx *c, int layer, uint32_t seq, int g, uint32_t pos, const float *k, const float *v) {
     const int hd = c->model->hp.head_dim;
     const size_t off = spud_kv_region(c, layer, seq, g);
-    if (c->kv_type == SPUD_TYPE_F16) {
+    if (c->kv_type == SPUD_TYPE_Q8_0) {
+        uint8_t *K = (uint8_t *)c->k_cache + off, *V = (uint8_t *)c->v_cache + off;
+        float d = spud_kv_q8_quantize(k, hd, NULL);
+        for (int i = 0; i < hd; i++) K[spud_kv_q8_k_index(hd, pos, i)] = (uint8_t)(spud_kv_q8_value(k[i], d) + 128);
+        memcpy(K + spud_kv_q8_k_scale(hd, pos), &d, sizeof d);
+        d = spud_kv_q8_quantize(v, hd, (int8_t *)(V + spud_kv_q8_v_row(hd, pos)));
+        memcpy(V + spud_kv_q8_v_row(hd, pos) + hd, &d, sizeof d);
+    } else if (c->kv_type == SPUD_TYPE_F16) {
         spud_f16 *K = (spud_f16 *)(void *)((char *)c->k_cache + off), *V = (spud_f16 *)(void *)((char *)c->v_cache + off);
         for (int i = 0; i < hd; i++) K[spud_kv_k_index(hd, pos, i)] = spud_f32_to_f16(k[i]);
         for (int i = 0; i < hd; i++) V[(size_t)pos * hd + i] = spud_f32_to_f16(v[i]);

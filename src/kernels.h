@@ -49,6 +49,7 @@ typedef struct {
     spud_dot_f32_fn dot_f32;
     spud_axpy_f32_fn axpy_f32;
     spud_attn_fn attn; /* NULL: the reference */
+    bool attn_q8;      /* attn has a fast path for Q8_0 caches */
     spud_swiglu_fn swiglu_f32;
 } spud_kernel_set;
 

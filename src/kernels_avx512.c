@@ -1008,13 +1008,22 @@ void spud_swiglu_f32_avx512(float *g, const float *u, int64_t n) {
     }
 }
 
-static inline __m512 load_kv16(const void *base, size_t i, const bool f16) {
-    if (f16) return _mm512_cvtph_ps(LOADU256((const spud_f16 *)base + i));
+/* Cache element kinds: 0 f32, 1 f16, 2 q8_0. */
+enum { KV_F32, KV_F16, KV_Q8 };
+
+static inline __m512 load_kv16(const void *base, size_t i, const int kind) {
+    if (kind == KV_F16) return _mm512_cvtph_ps(LOADU256((const spud_f16 *)base + i));
     return _mm512_loadu_ps((const float *)base + i);
 }
 
-/* PV for 4 queries over NV zmm of dimensions starting at dim d0. */
-static inline __attribute__((always_inline)) void attn_pv(const void *v, int hd, int d0, const int NV, const bool f16,
+/* Bytes per position of K (and of V). */
+static inline size_t kv_pos_bytes(const int kind, int hd) {
+    return kind == KV_Q8 ? (size_t)hd + 4 : (size_t)hd * (kind == KV_F16 ? 2 : 4);
+}
+
+/* PV for 4 queries over NV zmm of dimensions starting at dim d0 (q8_0: the
+ * probabilities already carry the rows' scales). */
+static inline __attribute__((always_inline)) void attn_pv(const void *v, int hd, int d0, const int NV, const int kind,
                                                         int t0, int tn, const float *P, float *O,
                                                         const float corr[4]) {
     __m512 o[4][4];
@@ -1023,10 +1032,17 @@ static inline __attribute__((always_inline)) void attn_pv(const void *v, int hd,
 #pragma GCC unroll 4
         for (int u = 0; u < NV; u++)
             o[j][u] = _mm512_mul_ps(_mm512_load_ps(O + (size_t)j * hd + d0 + 16 * u), _mm512_set1_ps(corr[j]));
+    const size_t row = kv_pos_bytes(kind, hd);
     for (int t = 0; t < tn; t++) {
         __m512 vv[4];
+        const char *vr = (const char *)v + (size_t)(t0 + t) * row;
 #pragma GCC unroll 4
-        for (int u = 0; u < NV; u++) vv[u] = load_kv16(v, (size_t)(t0 + t) * hd + d0 + 16 * u, f16);
+        for (int u = 0; u < NV; u++) {
+            if (kind == KV_Q8)
+                vv[u] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(LOADU128(vr + d0 + 16 * u)));
+            else
+                vv[u] = load_kv16(vr, (size_t)d0 + 16 * u, kind);
+        }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             const __m512 pb = _mm512_set1_ps(P[j * SPUD_ATTN_SPAN + t]);
@@ -1040,14 +1056,86 @@ static inline __attribute__((always_inline)) void attn_pv(const void *v, int hd,
         for (int u = 0; u < NV; u++) _mm512_store_ps(O + (size_t)j * hd + d0 + 16 * u, o[j][u]);
 }
 
-static inline __attribute__((always_inline)) void attn_impl(const bool f16, int hd, int nq, const float *q,
+/* Scores of 4 queries x 64 positions (4 K tiles) from a float cache. */
+static inline __attribute__((always_inline)) void attn_qk_float(const char *kt, int hd, const int kind,
+                                                              const float *const *qg, const char *pk, const char *pv,
+                                                              bool prefetch, __m512 s[4][4]) {
+    const size_t es = kind == KV_F16 ? 2 : 4; /* a tile of K or V is hd * es lines */
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++) s[j][b] = _mm512_setzero_ps();
+    for (int i = 0; i < hd; i++) {
+        if (prefetch)
+            for (int e = 0; e < (int)es; e++) {
+                _mm_prefetch(pk + (size_t)i * es * 64 + 64 * e, _MM_HINT_T0);
+                _mm_prefetch(pv + (size_t)i * es * 64 + 64 * e, _MM_HINT_T0);
+            }
+        __m512 kc[4];
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++) kc[b] = load_kv16(kt, (size_t)b * SPUD_KV_TILE * hd + (size_t)i * SPUD_KV_TILE, kind);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512 qb = _mm512_set1_ps(qg[j][i]);
+#pragma GCC unroll 4
+            for (int b = 0; b < 4; b++) s[j][b] = _mm512_fmadd_ps(qb, kc[b], s[j][b]);
+        }
+    }
+}
+
+/* Scores from a q8_0 cache: int8 queries (scale dq, offset term off = -128 Σq)
+ * against K + 128 through vpdpbusd, 4 dimensions of 16 positions per load;
+ * then times dq and each position's K scale. */
+static inline __attribute__((always_inline)) void attn_qk_q8(const char *kt, int hd, const int8_t *const *qg,
+                                                           const float *dq, const int32_t *off, const char *pk,
+                                                           const char *pv, bool prefetch, __m512 s[4][4]) {
+    const size_t tile = ((size_t)hd + 4) * SPUD_KV_TILE;
+    __m512i acc[4][4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++) acc[j][b] = _mm512_set1_epi32(off[j]);
+    for (int i4 = 0; i4 < hd / 4; i4++) {
+        if (prefetch) { /* 4 tiles of hd + 4 bytes per position: about 4 lines of K and V per step */
+            for (int e = 0; e < 4; e++) {
+                _mm_prefetch(pk + (size_t)i4 * 272 + 64 * e, _MM_HINT_T0);
+                _mm_prefetch(pv + (size_t)i4 * 272 + 64 * e, _MM_HINT_T0);
+            }
+        }
+        __m512i kb[4];
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++) kb[b] = LOADU512(kt + (size_t)b * tile + (size_t)i4 * 64);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512i qb = _mm512_set1_epi32(load_i32(qg[j] + 4 * i4));
+#pragma GCC unroll 4
+            for (int b = 0; b < 4; b++) acc[j][b] = _mm512_dpbusd_epi32(acc[j][b], kb[b], qb);
+        }
+    }
+    if (prefetch) /* the remaining lines of the 4 tiles (272 = 4 * 68 bytes per step) */
+        for (size_t e = (size_t)hd / 4 * 272; e < 4 * tile; e += 64) {
+            _mm_prefetch(pk + e, _MM_HINT_T0);
+            _mm_prefetch(pv + e, _MM_HINT_T0);
+        }
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; b++) {
+        const __m512 dk = _mm512_loadu_ps((const float *)(const void *)(kt + (size_t)b * tile + (size_t)hd * SPUD_KV_TILE));
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            s[j][b] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[j][b]), _mm512_mul_ps(dk, _mm512_set1_ps(dq[j])));
+    }
+}
+
+static inline __attribute__((always_inline)) void attn_impl(const int kind, int hd, int nq, const float *q,
                                                           const int32_t *last, const void *k, const void *v,
                                                           float *out, float *work) {
-    float *O = work;                                      /* SPUD_ATTN_MAX_Q x hd */
-    float *P = work + (size_t)SPUD_ATTN_MAX_Q * hd;       /* 4 x SPUD_ATTN_SPAN, per group */
-    float m[SPUD_ATTN_MAX_Q], l[SPUD_ATTN_MAX_Q];
-    int32_t lim[SPUD_ATTN_MAX_Q];
+    float *O = work;                                /* SPUD_ATTN_MAX_Q x hd */
+    float *P = work + (size_t)SPUD_ATTN_MAX_Q * hd; /* 4 x SPUD_ATTN_SPAN, per group */
+    int8_t *qi8 = (int8_t *)(P + 4 * SPUD_ATTN_SPAN); /* q8_0: SPUD_ATTN_MAX_Q x hd int8 queries */
+    float m[SPUD_ATTN_MAX_Q], l[SPUD_ATTN_MAX_Q], dq[SPUD_ATTN_MAX_Q];
+    int32_t lim[SPUD_ATTN_MAX_Q], off[SPUD_ATTN_MAX_Q];
     const float *qp[SPUD_ATTN_MAX_Q];
+    const int8_t *qq[SPUD_ATTN_MAX_Q];
     const int ng = (nq + 3) / 4;
     int32_t n_kv = 0;
     for (int j = 0; j < 4 * ng; j++) {
@@ -1058,40 +1146,36 @@ static inline __attribute__((always_inline)) void attn_impl(const bool f16, int 
         m[j] = -INFINITY;
         l[j] = 0.f;
         memset(O + (size_t)j * hd, 0, (size_t)hd * sizeof(float));
+        if (kind == KV_Q8) {
+            int8_t *qj = qi8 + (size_t)j * hd;
+            dq[j] = spud_kv_q8_quantize(qp[j], hd, qj);
+            int32_t sum = 0;
+            for (int i = 0; i < hd; i++) sum += qj[i];
+            off[j] = -128 * sum;
+            qq[j] = qj;
+        }
     }
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const size_t es = f16 ? 2 : 4; /* bytes per element; a tile of K or V is hd * es lines */
+    const size_t row = kv_pos_bytes(kind, hd);
     for (int t0 = 0; t0 < n_kv; t0 += SPUD_ATTN_SPAN) {
         const int tn = n_kv - t0 < SPUD_ATTN_SPAN ? n_kv - t0 : SPUD_ATTN_SPAN;
-        const char *kt = (const char *)k + (size_t)t0 * hd * es;
+        const char *kt = (const char *)k + (size_t)t0 * row;
+        /* stream ATTN_PREFETCH tiles ahead, while the first group computes */
+        const char *pk = kt + (size_t)ATTN_PREFETCH * SPUD_ATTN_SPAN * row;
+        const char *pv = (const char *)v + ((size_t)t0 + ATTN_PREFETCH * SPUD_ATTN_SPAN) * row;
+        float dv[SPUD_ATTN_SPAN];
+        if (kind == KV_Q8)
+            for (int t = 0; t < SPUD_ATTN_SPAN; t++) {
+                dv[t] = 0.f;
+                if (t < tn) memcpy(&dv[t], (const char *)v + (size_t)(t0 + t) * row + hd, 4);
+            }
         for (int gi = 0; gi < ng; gi++) {
-            const float *const *qg = qp + 4 * gi;
             /* scores: s[j][b] = 16 positions t0 + 16b .. of query j */
             __m512 s[4][4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++)
-#pragma GCC unroll 4
-                for (int b = 0; b < 4; b++) s[j][b] = _mm512_setzero_ps();
-            for (int i = 0; i < hd; i++) {
-                if (gi == 0) { /* stream the tile ATTN_PREFETCH tiles ahead: es lines of K and of V per i */
-                    const char *pk = kt + (size_t)ATTN_PREFETCH * SPUD_ATTN_SPAN * hd * es + (size_t)i * es * 64;
-                    const char *pv = (const char *)v + ((size_t)t0 + ATTN_PREFETCH * SPUD_ATTN_SPAN) * hd * es +
-                                     (size_t)i * es * 64;
-                    for (int e = 0; e < (int)es; e++) {
-                        _mm_prefetch(pk + 64 * e, _MM_HINT_T0);
-                        _mm_prefetch(pv + 64 * e, _MM_HINT_T0);
-                    }
-                }
-                __m512 kc[4];
-#pragma GCC unroll 4
-                for (int b = 0; b < 4; b++) kc[b] = load_kv16(kt, (size_t)b * SPUD_KV_TILE * hd + (size_t)i * SPUD_KV_TILE, f16);
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) {
-                    const __m512 qb = _mm512_set1_ps(qg[j][i]);
-#pragma GCC unroll 4
-                    for (int b = 0; b < 4; b++) s[j][b] = _mm512_fmadd_ps(qb, kc[b], s[j][b]);
-                }
-            }
+            if (kind == KV_Q8)
+                attn_qk_q8(kt, hd, qq + 4 * gi, dq + 4 * gi, off + 4 * gi, pk, pv, gi == 0, s);
+            else
+                attn_qk_float(kt, hd, kind, qp + 4 * gi, pk, pv, gi == 0, s);
             float corr[4];
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
@@ -1113,21 +1197,21 @@ static inline __attribute__((always_inline)) void attn_impl(const bool f16, int 
                 __m512 sum = _mm512_setzero_ps();
 #pragma GCC unroll 4
                 for (int b = 0; b < 4; b++) {
-                    const __m512 p = exp_512(_mm512_sub_ps(s[j][b], vm));
+                    __m512 p = exp_512(_mm512_sub_ps(s[j][b], vm));
                     sum = _mm512_add_ps(sum, p);
+                    if (kind == KV_Q8) p = _mm512_mul_ps(p, _mm512_loadu_ps(dv + 16 * b)); /* V's row scales */
                     _mm512_store_ps(P + j * SPUD_ATTN_SPAN + 16 * b, p);
                 }
                 l[jq] = l[jq] * corr[j] + _mm512_reduce_add_ps(sum);
                 m[jq] = mnew;
             }
-            const char *vt = (const char *)v;
             float *Og = O + (size_t)4 * gi * hd;
             int d0 = 0;
-            for (; d0 + 64 <= hd; d0 += 64) attn_pv(vt, hd, d0, 4, f16, t0, tn, P, Og, corr);
+            for (; d0 + 64 <= hd; d0 += 64) attn_pv(v, hd, d0, 4, kind, t0, tn, P, Og, corr);
             switch ((hd - d0) / 16) {
-            case 3: attn_pv(vt, hd, d0, 3, f16, t0, tn, P, Og, corr); break;
-            case 2: attn_pv(vt, hd, d0, 2, f16, t0, tn, P, Og, corr); break;
-            case 1: attn_pv(vt, hd, d0, 1, f16, t0, tn, P, Og, corr); break;
+            case 3: attn_pv(v, hd, d0, 3, kind, t0, tn, P, Og, corr); break;
+            case 2: attn_pv(v, hd, d0, 2, kind, t0, tn, P, Og, corr); break;
+            case 1: attn_pv(v, hd, d0, 1, kind, t0, tn, P, Og, corr); break;
             default: break;
             }
         }
@@ -1141,14 +1225,17 @@ static inline __attribute__((always_inline)) void attn_impl(const bool f16, int 
 
 void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
                       const void *v, float *out, float *work) {
-    if (hd % 16 || nq < 1 || nq > SPUD_ATTN_MAX_Q || (kv_type != SPUD_TYPE_F16 && kv_type != SPUD_TYPE_F32)) {
+    if (hd % 16 || nq < 1 || nq > SPUD_ATTN_MAX_Q ||
+        (kv_type != SPUD_TYPE_F16 && kv_type != SPUD_TYPE_F32 && kv_type != SPUD_TYPE_Q8_0)) {
         spud_attn_ref(hd, nq, q, last, kv_type, k, v, out, work);
         return;
     }
     if (kv_type == SPUD_TYPE_F16)
-        attn_impl(true, hd, nq, q, last, k, v, out, work);
+        attn_impl(KV_F16, hd, nq, q, last, k, v, out, work);
+    else if (kv_type == SPUD_TYPE_Q8_0)
+        attn_impl(KV_Q8, hd, nq, q, last, k, v, out, work);
     else
-        attn_impl(false, hd, nq, q, last, k, v, out, work);
+        attn_impl(KV_F32, hd, nq, q, last, k, v, out, work);
 }
 
 const spud_kernel_set spud_kernels_avx512 = {
@@ -1187,5 +1274,6 @@ const spud_kernel_set spud_kernels_avx512 = {
     .dot_f32 = spud_dot_f32_avx512,
     .axpy_f32 = spud_axpy_f32_avx512,
     .attn = spud_attn_avx512,
+    .attn_q8 = true,
     .swiglu_f32 = spud_swiglu_f32_avx512,
 };

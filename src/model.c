@@ -232,13 +232,22 @@ int32_t spud_model_n_vocab(const spud_model *m) { return m->hp.n_vocab; }
 int32_t spud_model_n_embd(const spud_model *m) { return m->hp.n_embd; }
 uint32_t spud_model_n_ctx_train(const spud_model *m) { return m->hp.n_ctx_train; }
 
-/* The KV element type a context gets for `want` (tensor types F32 / F16). */
+/* Q8_0 caches only where the kernels have a SIMD path for them (AVX-512
+ * VNNI); elsewhere the request gets F16, which the SIMD kernels all read. */
+static spud_type kv_q8_or_f16(void) {
+    return spud_attn_has_simd(SPUD_TYPE_Q8_0) || !spud_attn_has_simd(SPUD_TYPE_F16) ? SPUD_TYPE_Q8_0
+                                                                                     : SPUD_TYPE_F16;
+}
+
+/* The KV element type a context gets for `want` (tensor types F32 / F16 / Q8_0). */
 static spud_type kv_type_for(const spud_model *m, spud_kv_type want) {
     if (want == SPUD_KV_F32) return SPUD_TYPE_F32;
     if (want == SPUD_KV_F16) return SPUD_TYPE_F16;
+    if (want == SPUD_KV_Q8_0) return kv_q8_or_f16();
     const char *env = getenv("SPUD_KV_TYPE");
     if (env && !strcmp(env, "f32")) return SPUD_TYPE_F32;
     if (env && !strcmp(env, "f16")) return SPUD_TYPE_F16;
+    if (env && !strcmp(env, "q8_0")) return kv_q8_or_f16();
     /* float weights keep every activation in f32, so their cache stays f32 too;
      * quantized weights round activations to 8 bits, and f16 is far finer */
     const bool float_model = m->layers && !spud_type_get(m->layers[0].wk.type)->is_quantized &&
@@ -247,8 +256,7 @@ static spud_type kv_type_for(const spud_model *m, spud_kv_type want) {
 }
 
 static uint64_t kv_bytes_per_token(const spud_model *m, spud_type t) {
-    return 2ull * (uint64_t)m->hp.n_layer * (uint64_t)m->hp.n_head_kv * (uint64_t)m->hp.head_dim *
-           spud_type_get(t)->type_size;
+    return 2ull * (uint64_t)m->hp.n_layer * (uint64_t)m->hp.n_head_kv * spud_kv_row_bytes(t, m->hp.head_dim);
 }
 
 uint64_t spud_model_kv_bytes_per_token(const spud_model *m) {
@@ -309,7 +317,8 @@ spud_status spud_ctx_new_params(const spud_model *m, const spud_ctx_params *para
     uint32_t n_ctx = params->n_ctx, n_seq = params->n_seq ? params->n_seq : 1;
     if (n_ctx == 0) n_ctx = hp->n_ctx_train;
     if (n_ctx == 0 || n_seq > 4096 || n_ctx > UINT32_MAX - SPUD_ATTN_SPAN ||
-        (params->kv_type != SPUD_KV_AUTO && params->kv_type != SPUD_KV_F32 && params->kv_type != SPUD_KV_F16))
+        (params->kv_type != SPUD_KV_AUTO && params->kv_type != SPUD_KV_F32 && params->kv_type != SPUD_KV_F16 &&
+         params->kv_type != SPUD_KV_Q8_0))
         return spud_errorf(SPUD_ERR_INVALID, "bad context: %u positions, %u sequences, KV type %d", n_ctx, n_seq,
                            (int)params->kv_type);
     const spud_type kv_type = kv_type_for(m, params->kv_type);
@@ -432,7 +441,7 @@ spud_status spud_ctx_seq_copy(spud_ctx *c, uint32_t src, uint32_t dst, uint32_t 
     }
     /* K is tiled by SPUD_KV_TILE positions: copy whole tiles (positions
      * past n in the last one are dead in dst too) */
-    const size_t row = (size_t)hp->head_dim * spud_type_get(c->kv_type)->type_size;
+    const size_t row = spud_kv_row_bytes(c->kv_type, hp->head_dim);
     const size_t k_bytes = (size_t)(n + SPUD_KV_TILE - 1) / SPUD_KV_TILE * SPUD_KV_TILE * row;
     for (int l = 0; l < hp->n_layer; l++)
         for (int g = 0; g < hp->n_head_kv; g++) {

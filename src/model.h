@@ -95,8 +95,8 @@ struct spud_ctx {
     uint32_t n_seq;
     uint32_t *n_past; /* (n_seq) positions used per sequence */
     uint32_t *seq_need; /* (n_seq) scratch of spud_decode_batch: rows per sequence */
-    /* KV cache of kv_type (F32 or F16): one region of n_ctx_alloc positions
-     * per [layer][seq][kv_head]; in it K is stored in transposed tiles of 16
+    /* KV cache of kv_type (F32, F16 or Q8_0): one region of n_ctx_alloc
+     * positions per [layer][seq][kv_head]; in it K is stored in tiles of 16
      * positions and V row-major (tensor.h, "attention over one KV head"). */
     spud_type kv_type;
     uint32_t n_ctx_alloc; /* n_ctx rounded up to whole attention tiles */
@@ -130,7 +130,7 @@ struct spud_ctx {
 static inline size_t spud_kv_region(const spud_ctx *c, int layer, uint32_t seq, int g) {
     const spud_hparams *hp = &c->model->hp;
     return (((size_t)layer * c->n_seq + seq) * (size_t)hp->n_head_kv + (size_t)g) * c->n_ctx_alloc *
-           (size_t)hp->head_dim * spud_type_get(c->kv_type)->type_size;
+           spud_kv_row_bytes(c->kv_type, hp->head_dim);
 }
 
 /* Floats of attention scratch per thread (decoder.c). */

@@ -798,6 +798,7 @@ static _Atomic(spud_dot_f32_fn) dot_f32_fn = spud_dot_f32_ref;
 static _Atomic(spud_axpy_f32_fn) axpy_f32_fn = spud_axpy_f32_ref;
 static _Atomic(spud_attn_fn) attn_fn = spud_attn_ref;
 static _Atomic(spud_swiglu_fn) swiglu_fn = spud_swiglu_f32_ref;
+static _Atomic(bool) attn_q8_simd = false, attn_simd = false;
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *init_isa; /* NULL until the first call; guarded by init_lock */
@@ -835,6 +836,8 @@ const char *spud_kernels_init(bool force_scalar) {
         atomic_store_explicit(&axpy_f32_fn, ks->axpy_f32 ? ks->axpy_f32 : spud_axpy_f32_ref,
                               memory_order_relaxed);
         atomic_store_explicit(&attn_fn, ks->attn ? ks->attn : spud_attn_ref, memory_order_relaxed);
+        atomic_store_explicit(&attn_simd, ks->attn != NULL, memory_order_relaxed);
+        atomic_store_explicit(&attn_q8_simd, ks->attn && ks->attn_q8, memory_order_relaxed);
         atomic_store_explicit(&swiglu_fn, ks->swiglu_f32 ? ks->swiglu_f32 : spud_swiglu_f32_ref, memory_order_relaxed);
         init_isa = ks->name;
         spud_log(SPUD_LOG_DEBUG, "kernels: %s", init_isa);
@@ -917,13 +920,48 @@ void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row) {
 /* ------------------------------------------------------------------------ */
 
 size_t spud_attn_work_floats(int hd) {
-    /* SIMD kernels: output accumulators and one tile of probabilities per
-     * query; the reference: 2 * hd for its double accumulators */
-    return (size_t)SPUD_ATTN_MAX_Q * ((size_t)hd + SPUD_ATTN_SPAN) + 2 * (size_t)hd + 64;
+    /* SIMD kernels: output accumulators per query, one tile of probabilities
+     * for 4 queries, int8 queries (q8_0 caches); the reference: 2 * hd floats
+     * for its double accumulators */
+    return (size_t)SPUD_ATTN_MAX_Q * (size_t)hd + 4 * SPUD_ATTN_SPAN + (size_t)SPUD_ATTN_MAX_Q * (size_t)hd / 4 +
+           2 * (size_t)hd + 64;
 }
 
 static inline float kv_elem(spud_type t, const void *base, size_t i) {
     return t == SPUD_TYPE_F16 ? F16(((const spud_f16 *)base)[i]) : ((const float *)base)[i];
+}
+
+static inline float kv_f32_at(const void *base, size_t byte_off) {
+    float f;
+    memcpy(&f, (const char *)base + byte_off, sizeof f);
+    return f;
+}
+
+/* K[t][i] and V[t][i] of one head, whatever the cache type. */
+static inline double kv_k(spud_type t, const void *k, int hd, uint32_t p, int i) {
+    if (t != SPUD_TYPE_Q8_0) return kv_elem(t, k, spud_kv_k_index(hd, p, i));
+    const int q = (int)((const uint8_t *)k)[spud_kv_q8_k_index(hd, p, i)] - 128;
+    return (double)q * kv_f32_at(k, spud_kv_q8_k_scale(hd, p));
+}
+
+static inline double kv_v(spud_type t, const void *v, int hd, uint32_t p, int i) {
+    if (t != SPUD_TYPE_Q8_0) return kv_elem(t, v, (size_t)p * hd + (size_t)i);
+    const size_t row = spud_kv_q8_v_row(hd, p);
+    return (double)((const int8_t *)v)[row + (size_t)i] * kv_f32_at(v, row + (size_t)hd);
+}
+
+int8_t spud_kv_q8_value(float x, float d) {
+    const float id = d != 0.f ? 1.f / d : 0.f;
+    return (int8_t)roundf(clampf_simd(x * id, -127.f, 127.f));
+}
+
+float spud_kv_q8_quantize(const float *x, int hd, int8_t *q) {
+    float amax = 0;
+    for (int i = 0; i < hd; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float d = amax / 127.f;
+    if (q)
+        for (int i = 0; i < hd; i++) q[i] = spud_kv_q8_value(x[i], d);
+    return d;
 }
 
 void spud_attn_ref(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
@@ -934,17 +972,17 @@ void spud_attn_ref(int hd, int nq, const float *q, const int32_t *last, spud_typ
         double mx = -INFINITY;
         for (int32_t t = 0; t <= last[j]; t++) {
             double s = 0;
-            for (int i = 0; i < hd; i++) s += (double)qj[i] * kv_elem(kv_type, k, spud_kv_k_index(hd, (uint32_t)t, i));
+            for (int i = 0; i < hd; i++) s += (double)qj[i] * kv_k(kv_type, k, hd, (uint32_t)t, i);
             if (s > mx) mx = s;
         }
         double sum = 0;
         for (int i = 0; i < hd; i++) acc[i] = 0;
         for (int32_t t = 0; t <= last[j]; t++) {
             double s = 0;
-            for (int i = 0; i < hd; i++) s += (double)qj[i] * kv_elem(kv_type, k, spud_kv_k_index(hd, (uint32_t)t, i));
+            for (int i = 0; i < hd; i++) s += (double)qj[i] * kv_k(kv_type, k, hd, (uint32_t)t, i);
             const double p = exp(s - mx);
             sum += p;
-            for (int i = 0; i < hd; i++) acc[i] += p * kv_elem(kv_type, v, (size_t)t * hd + (size_t)i);
+            for (int i = 0; i < hd; i++) acc[i] += p * kv_v(kv_type, v, hd, (uint32_t)t, i);
         }
         for (int i = 0; i < hd; i++) out[(size_t)j * hd + i] = (float)(acc[i] / sum);
     }
@@ -957,4 +995,9 @@ void spud_attn(int hd, int nq, const float *q, const int32_t *last, spud_type kv
 
 void spud_swiglu_f32(float *g, const float *u, int64_t n) {
     atomic_load_explicit(&swiglu_fn, memory_order_relaxed)(g, u, n);
+}
+
+bool spud_attn_has_simd(spud_type kv_type) {
+    if (kv_type == SPUD_TYPE_Q8_0) return atomic_load_explicit(&attn_q8_simd, memory_order_relaxed);
+    return atomic_load_explicit(&attn_simd, memory_order_relaxed);
 }

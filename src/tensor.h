@@ -184,10 +184,16 @@ size_t spud_gemm_x_scale_offset(spud_type t, int64_t n);
 
 /* ---- attention over one KV head of a cache (dispatched) ----
  *
- * Cache layout of one (layer, sequence, KV head), elements of type F32 or
- * F16: K is stored transposed in tiles of SPUD_KV_TILE positions, element
- * (position p, dim i) at (p / 16) * 16 * hd + i * 16 + p % 16, so a load
- * reads one dimension of 16 positions; V is row-major, (p, i) at p * hd + i.
+ * Cache layout of one (layer, sequence, KV head). K is stored in tiles of
+ * SPUD_KV_TILE positions so that one load reads the same dimension(s) of 16
+ * positions; V is row-major. Per element type:
+ *   F32, F16: K element (p, i) at spud_kv_k_index = (p / 16) * 16 * hd +
+ *     i * 16 + p % 16; V element (p, i) at p * hd + i.
+ *   Q8_0 (int8 with one f32 scale per position and head, value = q * d):
+ *     a K tile is hd * 16 bytes, byte (p % 16) * 4 + i % 4 of 64-byte row
+ *     i / 4 holding q + 128 (4 dimensions of a position together, as vpdpbusd
+ *     reads them), then the 16 positions' scales (f32); a V row is hd int8
+ *     then its scale. Both are hd + 4 bytes per position.
  * Buffers hold whole SPUD_ATTN_SPAN tiles of positions: kernels may read
  * (never use) the values past the last position. */
 #define SPUD_KV_TILE 16
@@ -197,6 +203,28 @@ size_t spud_gemm_x_scale_offset(spud_type t, int64_t n);
 static inline size_t spud_kv_k_index(int hd, uint32_t p, int i) {
     return (size_t)(p / SPUD_KV_TILE) * SPUD_KV_TILE * (size_t)hd + (size_t)i * SPUD_KV_TILE + p % SPUD_KV_TILE;
 }
+
+/* Bytes per position (and head) of K, and of V, for a cache element type. */
+static inline size_t spud_kv_row_bytes(spud_type t, int hd) {
+    return t == SPUD_TYPE_Q8_0 ? (size_t)hd + 4 : (size_t)hd * (t == SPUD_TYPE_F16 ? 2 : 4);
+}
+
+/* Q8_0 cache: byte offset of K's value (p, i), of K's scale for p, of V's row p. */
+static inline size_t spud_kv_q8_k_index(int hd, uint32_t p, int i) {
+    return (size_t)(p / SPUD_KV_TILE) * ((size_t)hd + 4) * SPUD_KV_TILE + (size_t)(i / 4) * 64 + (p % SPUD_KV_TILE) * 4 +
+           (size_t)(i % 4);
+}
+static inline size_t spud_kv_q8_k_scale(int hd, uint32_t p) {
+    return (size_t)(p / SPUD_KV_TILE) * ((size_t)hd + 4) * SPUD_KV_TILE + (size_t)hd * SPUD_KV_TILE +
+           (p % SPUD_KV_TILE) * 4;
+}
+static inline size_t spud_kv_q8_v_row(int hd, uint32_t p) { return (size_t)p * ((size_t)hd + 4); }
+
+/* Quantize one head's K or V row (hd floats) for a Q8_0 cache: d = amax / 127,
+ * q = round(x / d) (half away from zero, as q8_0); returns d. q may be NULL
+ * (then only d); spud_kv_q8_value gives q for one element. */
+float spud_kv_q8_quantize(const float *x, int hd, int8_t *q);
+int8_t spud_kv_q8_value(float x, float d);
 
 /* out[j * hd + i] = Σ_t softmax_t(q_j · K[t]) V[t][i] over positions t <= last[j],
  * for nq <= SPUD_ATTN_MAX_Q query vectors q_j = q + j * hd (already scaled by
@@ -211,6 +239,9 @@ void spud_attn_ref(int hd, int nq, const float *q, const int32_t *last, spud_typ
                    const void *v, float *out, float *work);
 void spud_attn(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k, const void *v,
                float *out, float *work);
+/* Whether the dispatched attention computes over kv_type caches in SIMD
+ * (the scalar reference handles every type, slowly). */
+bool spud_attn_has_simd(spud_type kv_type);
 
 /* ---- f32 vector helpers used by the forward pass (dispatched) ---- */
 float spud_dot_f32(const float *a, const float *b, int64_t n);

@@ -28,10 +28,12 @@
  *     values and scales equal the vec_dot_type quantizer's, bit for bit;
  *   - spud_matmul through the gemm path vs one row at a time through vec_dot:
  *     within the sum of the two bounds;
- *   - attention over one KV head (f32 and f16 caches): every output within
- *     (2 hd Smax + n + 32) * 2^-23 * max|V| of the double reference, Smax =
- *     max over positions of Σ|q_i k_i|, n = positions (float scores, exp and
- *     accumulation; the padding past the last position is NaN and must not leak);
+ *   - attention over one KV head (f32, f16 and q8_0 caches): every output
+ *     within (2 hd Smax + n + 32) * 2^-23 * max|V| of the double reference,
+ *     Smax = max over positions of Σ|q_i k_i|, n = positions (float scores,
+ *     exp and accumulation; the padding past the last position is NaN or
+ *     0xFF bytes and must not leak); for q8_0 caches the kernels round the
+ *     queries to int8, so the test's queries are int8 values times a scale;
  *   - weight quantize -> dequantize on N(0,1) data (measured on 5 seeds x 64 blocks):
  *       f16  |err| <= max(2^-11 |x|, 2^-25)      bf16 |err| <= 2^-8 |x|
  *       q8_0 |err| <= 0.57 * amax/127 per block (half a step + fp16 scale rounding), RMSE <= 0.006 RMS
@@ -1253,13 +1255,34 @@ Test(gemm, matmul_paths_agree) {
 
 static void check_attn(spud_type kv, int hd, int nq, int n, uint64_t seed) {
     const int n_alloc = (n + SPUD_ATTN_SPAN - 1) / SPUD_ATTN_SPAN * SPUD_ATTN_SPAN;
-    const size_t es = kv == SPUD_TYPE_F16 ? 2 : 4;
-    char *k = aligned_alloc(64, (size_t)n_alloc * hd * es), *v = aligned_alloc(64, (size_t)n_alloc * hd * es);
+    const size_t row = spud_kv_row_bytes(kv, hd);
+    char *k = aligned_alloc(64, (size_t)n_alloc * row), *v = aligned_alloc(64, (size_t)n_alloc * row);
     float *kf = malloc((size_t)n_alloc * hd * sizeof(float)), *vf = malloc((size_t)n_alloc * hd * sizeof(float));
     float *q = malloc((size_t)nq * hd * sizeof(float));
     int32_t last[SPUD_ATTN_MAX_Q];
     rng_seed(seed);
-    for (int t = 0; t < n_alloc; t++)
+    if (kv == SPUD_TYPE_Q8_0) { /* rows of gaussians quantized per position; the padding is all 0xFF */
+        memset(k, 0xFF, (size_t)n_alloc * row);
+        memset(v, 0xFF, (size_t)n_alloc * row);
+        float *tk = malloc((size_t)hd * sizeof(float)), *tv = malloc((size_t)hd * sizeof(float));
+        for (int t = 0; t < n; t++) {
+            for (int i = 0; i < hd; i++) tk[i] = rng_gauss(), tv[i] = rng_gauss() * 2;
+            const float dk = spud_kv_q8_quantize(tk, hd, NULL);
+            int8_t *vr = (int8_t *)(v + spud_kv_q8_v_row(hd, (uint32_t)t));
+            const float dv = spud_kv_q8_quantize(tv, hd, vr);
+            memcpy(k + spud_kv_q8_k_scale(hd, (uint32_t)t), &dk, 4);
+            memcpy((char *)vr + hd, &dv, 4);
+            for (int i = 0; i < hd; i++) {
+                const int8_t qk = spud_kv_q8_value(tk[i], dk);
+                ((uint8_t *)k)[spud_kv_q8_k_index(hd, (uint32_t)t, i)] = (uint8_t)(qk + 128);
+                kf[spud_kv_k_index(hd, (uint32_t)t, i)] = qk * dk;
+                vf[(size_t)t * hd + (size_t)i] = vr[i] * dv;
+            }
+        }
+        free(tk);
+        free(tv);
+    }
+    for (int t = 0; t < n_alloc && kv != SPUD_TYPE_Q8_0; t++)
         for (int i = 0; i < hd; i++) {
             /* the padding past position n is NaN: it must never reach an output */
             const float a = t < n ? rng_gauss() : NAN, b = t < n ? rng_gauss() * 2 : NAN;
@@ -1275,7 +1298,15 @@ static void check_attn(spud_type kv, int hd, int nq, int n, uint64_t seed) {
             }
         }
     for (int j = 0; j < nq; j++) {
-        for (int i = 0; i < hd; i++) q[(size_t)j * hd + i] = rng_gauss() * 1.5f / sqrtf((float)hd);
+        float *qj = q + (size_t)j * hd;
+        for (int i = 0; i < hd; i++) qj[i] = rng_gauss() * 1.5f / sqrtf((float)hd);
+        if (kv == SPUD_TYPE_Q8_0) {
+            /* the kernels round queries to int8 for a q8_0 cache: give them
+             * queries that are int8 values times their scale already, so the
+             * double reference computes what they compute */
+            const float dq = spud_kv_q8_quantize(qj, hd, NULL);
+            for (int i = 0; i < hd; i++) qj[i] = spud_kv_q8_value(qj[i], dq) * dq;
+        }
         last[j] = n - 1 - (j % 3) * 7;
         if (last[j] < 0) last[j] = j % (n < 5 ? n : 5);
     }
@@ -1323,11 +1354,12 @@ Test(attn, against_reference) {
     static const int nqs[] = {1, 3, 4, 5, 16};
     static const int ns[] = {1, 2, 15, 16, 17, 63, 64, 65, 200, 300};
     uint64_t seed = 1;
-    for (int kv = 0; kv < 2; kv++)
+    static const spud_type kvs[] = {SPUD_TYPE_F32, SPUD_TYPE_F16, SPUD_TYPE_Q8_0};
+    for (int kv = 0; kv < 3; kv++)
         for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
             for (size_t a = 0; a < sizeof nqs / sizeof nqs[0]; a++)
                 for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
-                    check_attn(kv ? SPUD_TYPE_F16 : SPUD_TYPE_F32, hds[h], nqs[a], ns[b], seed++);
+                    check_attn(kvs[kv], hds[h], nqs[a], ns[b], seed++);
 }
 
 /* Scores far apart (one position dominates, others underflow to 0) and equal. */

@@ -198,6 +198,7 @@ Test(model, multi_sequence_batch_equals_single) {
     multi_sequence(FIX("qwen2-f32.gguf"), SPUD_KV_AUTO);   /* f32 cache */
     multi_sequence(FIX("qwen2-q8_0.gguf"), SPUD_KV_AUTO);  /* f16 cache */
     multi_sequence(FIX("llama-q4_k_m.gguf"), SPUD_KV_F32);
+    multi_sequence(FIX("llama-q4_0.gguf"), SPUD_KV_Q8_0);
 }
 
 /* A batch longer than one forward chunk (256 rows) with logits wanted in
@@ -262,7 +263,7 @@ Test(model, kv_types) {
 Test(model, long_context_chunks_agree) {
     const char *files[] = {FIX("llama-q4_k.gguf"), FIX("llama-f32.gguf")};
     for (size_t f = 0; f < 2; f++)
-        for (int kv = SPUD_KV_F32; kv <= SPUD_KV_F16; kv++) {
+        for (int kv = SPUD_KV_F32; kv <= SPUD_KV_Q8_0; kv++) {
             spud_model *m = load(files[f]);
             const int nv = spud_model_n_vocab(m), n = 203;
             int32_t ids[203];

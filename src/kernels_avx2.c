@@ -750,8 +750,14 @@ static inline __attribute__((always_inline)) void gemm2_q(pack2_fn pack, const i
                                                         size_t ldy) {
     _Alignas(64) uint8_t vals[GEMM2_ROWS * GEMM2_KC];
     _Alignas(64) uint8_t panel[PANEL2_BYTES];
+    const size_t chunk_bytes = rb / (size_t)(k / GEMM2_KC > 0 ? k / GEMM2_KC : 1) + 64;
     for (int64_t k0 = 0; k0 < k; k0 += GEMM2_KC) {
         const int kc = (int)(k - k0 < GEMM2_KC ? k - k0 : GEMM2_KC);
+        /* the rows' next chunk (see kernels_avx512.c) */
+        const char *next = (const char *)w + (size_t)(k0 + GEMM2_KC) * rb / (size_t)k;
+        if (k0 + GEMM2_KC >= k) next = (const char *)w + (size_t)GEMM2_ROWS * rb;
+        for (int r = 0; r < GEMM2_ROWS; r++)
+            for (size_t off = 0; off < chunk_bytes; off += 64) _mm_prefetch(next + (size_t)r * rb + off, _MM_HINT_T0);
         pack(w, rb, nr, k0, kc, vals, panel);
         panel2_transpose(vals, kc, gs, mins, panel);
         gemm2_chunk(panel, kc, gs, mins, STEPS, SIGNED, k, k0, x, nc, y, ldy, nr);

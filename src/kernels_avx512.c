@@ -845,8 +845,16 @@ static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int
                                                        int nc, float *y, size_t ldy) {
     _Alignas(64) uint8_t vals[GEMM_ROWS * GEMM_KC];
     _Alignas(64) uint8_t panel[PANEL_BYTES];
+    const size_t chunk_bytes = rb / (size_t)(k / GEMM_KC > 0 ? k / GEMM_KC : 1) + 64;
     for (int64_t k0 = 0; k0 < k; k0 += GEMM_KC) {
         const int kc = (int)(k - k0 < GEMM_KC ? k - k0 : GEMM_KC);
+        /* the rows' next chunk (and the next panel's first, at the last
+         * chunk): 16 strided streams that the hardware prefetcher alone
+         * follows too late when there are few activation rows to hide it */
+        const char *next = (const char *)w + (size_t)(k0 + GEMM_KC) * rb / (size_t)k;
+        if (k0 + GEMM_KC >= k) next = (const char *)w + (size_t)GEMM_ROWS * rb;
+        for (int r = 0; r < GEMM_ROWS; r++)
+            for (size_t off = 0; off < chunk_bytes; off += 64) _mm_prefetch(next + (size_t)r * rb + off, _MM_HINT_T0);
         pack(w, rb, nr, k0, kc, vals, panel);
         panel_transpose(vals, kc, gs, mins, panel);
         gemm_chunk(panel, kc, gs, mins, k, k0, x, nc, y, ldy, nr);

@@ -15,8 +15,10 @@
 
 #include <string.h>
 
-/* Activation rows from which the gemm path is taken (below it, repacking a
- * weight panel costs more than it saves). */
+/* Activation rows from which the gemm path is taken: below it, repacking a
+ * weight panel costs more than it saves (measured on Zen 5, q4_0, 2 threads,
+ * busy machine: a batch of 4 ran at 15.4 tok/s through vec_dot and 16.3
+ * through gemm, 8 at 17.7 and 20.8, 16 at 16.2 and 33.9). */
 #define MATMUL_GEMM_MIN_ROWS 4
 
 /* Rows of W per tile on the vec_dot path: a tile of weight rows is reused

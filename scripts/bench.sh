@@ -76,14 +76,15 @@ import json, sys
 tmp, types, depths, threads, reps, n_prompt, n_gen, load0, load1, cpu, kv_types = sys.argv[1:]
 types, depths, kv_types = types.split(), [int(d) for d in depths.split()], kv_types.split()
 mem = json.load(open(f"{tmp}/memory.json"))["memory"]
-bw = mem["limit"]
+bw = mem.get("limit", mem.get("gbps_max", mem["gbps"]))  # older binaries: f32 dot only
 def load(t, d, kv=None):
     return json.load(open(f"{tmp}/{t}-{d}{'-' + kv if kv else ''}.json"))
 def tests(t, d, kv=None):
     return {x["test"]: x for x in load(t, d, kv)["tests"]}
+q8 = f", q8_0 dot {mem['q8_0_gbps']:.1f} ± {mem['q8_0_gbps_sd']:.1f}" if "q8_0_gbps" in mem else ""
 print(f"Machine: {cpu}, {threads} threads, {mem['isa']} kernels. Read bandwidth "
       f"(`spud bench --memory -t {threads}`, best run): **{bw:.1f} GB/s** (f32 dot {mem['gbps']:.1f} ± "
-      f"{mem['gbps_sd']:.1f}, q8_0 dot {mem['q8_0_gbps']:.1f} ± {mem['q8_0_gbps_sd']:.1f}). "
+      f"{mem['gbps_sd']:.1f}{q8}). "
       f"Load average before / after: {load0} / {load1}. Mean ± standard deviation of {reps} runs; "
       f"tg at depth with synthetic cache rows.")
 print()
@@ -97,7 +98,7 @@ for t in types:
     pp, tg = r0[f"pp{n_prompt}"], r0[f"tg{n_gen}"]
     for kv in [None] + kv_types:
         if kv is None:
-            name = f"{t} ({load(t, depths[0])['kv_type'] if depths else 'default'})"
+            name = f"{t} ({load(t, depths[0]).get('kv_type', 'f32') if depths else 'default'})"
             row = [name, f"{pp['tps']:.1f} ± {pp['tps_sd']:.1f}", f"{pp['gflops']:.0f}",
                    f"{tg['tps']:.1f} ± {tg['tps_sd']:.1f}", f"{tg['gbps']:.1f} ({100 * tg['gbps'] / bw:.0f}%)"]
         else:

@@ -1305,7 +1305,7 @@ static spud_status vocab_build_trie(spud_grammar_vocab *v) {
     vent *e = spud_malloc((n_ent + 1) * sizeof *e);
     uint32_t *path = spud_malloc((v->max_piece + 2) * sizeof *path);
     v->trie = spud_malloc((total + 1) * sizeof *v->trie);
-    v->toks = spud_malloc((n_ent + 1) * sizeof *v->toks);
+    v->toks = spud_malloc((n_ent + 1) * sizeof *v->toks); /* + a sentinel the walk may read */
     if (!e || !path || !v->trie || !v->toks) {
         spud_free(e);
         spud_free(path);
@@ -1331,6 +1331,7 @@ static spud_status vocab_build_trie(spud_grammar_vocab *v) {
         prev_len = e[j].len;
     }
     v->trie[nn] = (tnode){.next = nn, .tok = nt};
+    v->toks[nt] = 0;
     /* Subtree ends: the next node at the same or a shallower depth. */
     uint32_t *open = path; /* reuse: a stack of node indices by depth */
     uint32_t sp = 0;
@@ -1434,7 +1435,6 @@ typedef struct {
 
 typedef struct {
     uint32_t off, n; /* frames: sf[off .. off + n), sorted */
-    uint32_t trans;  /* tr[trans .. trans + n_cls) */
     int32_t slot;    /* mask cache slot; -1: none */
     uint32_t hash;
     uint8_t complete, has_tok;
@@ -1452,14 +1452,15 @@ struct spud_grammar_state {
     size_t nst, capst;
     uint32_t *sf;
     size_t nsf, capsf;
-    uint32_t *tr;
+    uint32_t *tr; /* transitions: row q (at q << shift) holds, per byte class, the target's row or TR_UNKNOWN */
     size_t ntr, captr;
+    uint32_t shift; /* rows of 1 << shift entries: a power of two >= n_cls, so a state's row is id << shift */
     uint32_t *sh; /* state ids; 0: empty */
     size_t shcap;
     uint32_t epoch;
     uint32_t *work, *res;
     size_t capwork, nres, capres;
-    uint32_t *ds, *dt; /* mask walk: state and its transition row by trie depth */
+    uint32_t *dt; /* mask walk: transition row by trie depth */
     uint32_t init, cur;
     bool finished;
     size_t words;
@@ -1559,16 +1560,20 @@ static uint32_t intern_state(spud_grammar_state *s, const uint32_t *f, uint32_t 
             return s->sh[j];
         j = (j + 1) & (s->shcap - 1);
     }
-    uint32_t ncls = s->g->n_cls;
+    uint32_t ncls = s->g->n_cls, stride = 1u << s->shift;
+    if ((s->nst + 1) << s->shift >= TR_UNKNOWN) {
+        s->err = SPUD_ERR_RANGE;
+        spud_errorf(SPUD_ERR_RANGE, "grammar: too many matcher states");
+        return NO_IDX;
+    }
     if (!GROW(s->st, s->capst, s->nst + 1) || !GROW(s->sf, s->capsf, s->nsf + n + 1) ||
-        !GROW(s->tr, s->captr, s->ntr + ncls))
+        !GROW(s->tr, s->captr, s->ntr + stride))
         return soom(), NO_IDX;
-    dstate d = {.off = (uint32_t)s->nsf, .n = n, .trans = (uint32_t)s->ntr, .slot = -1, .hash = h,
-                .complete = complete};
+    dstate d = {.off = (uint32_t)s->nsf, .n = n, .slot = -1, .hash = h, .complete = complete};
     if (n) memcpy(s->sf + s->nsf, f, n * sizeof *f);
     s->nsf += n;
-    for (uint32_t c = 0; c < ncls; c++) s->tr[s->ntr + c] = n ? TR_UNKNOWN : ST_DEAD;
-    s->ntr += ncls;
+    for (uint32_t c = 0; c < stride; c++) s->tr[s->ntr + c] = n && c < ncls ? TR_UNKNOWN : ST_DEAD;
+    s->ntr += stride;
     for (uint32_t i = 0; i < n && !d.has_tok; i++) {
         uint32_t node = s->fr[f[i]].node;
         for (uint32_t k = s->g->node_first[node]; k < s->g->node_first[node + 1]; k++)
@@ -1662,16 +1667,16 @@ static bool compute_trans(spud_grammar_state *s, uint32_t q, uint32_t c, uint32_
     }
     uint32_t t = finish_state(s, complete);
     if (t == NO_IDX) return false;
-    s->tr[s->st[q].trans + c] = t;
+    s->tr[(q << s->shift) + c] = t << s->shift;
     *out = t;
     return true;
 }
 
 static inline bool step(spud_grammar_state *s, uint32_t q, uint8_t byte, uint32_t *out) {
     uint32_t c = s->g->cls[byte];
-    uint32_t t = s->tr[s->st[q].trans + c];
+    uint32_t t = s->tr[(q << s->shift) + c];
     if (t != TR_UNKNOWN) {
-        *out = t;
+        *out = t >> s->shift;
         return true;
     }
     return compute_trans(s, q, c, out);
@@ -1776,7 +1781,7 @@ static spud_status flush_tables(spud_grammar_state *s) {
     if (s->fh) memset(s->fh, 0, s->fhcap * sizeof *s->fh);
     s->nst = 1;
     s->nsf = 0;
-    s->ntr = s->g->n_cls;
+    s->ntr = (size_t)1 << s->shift;
     if (s->sh) memset(s->sh, 0, s->shcap * sizeof *s->sh);
     for (uint32_t i = 0; i < s->used_slots; i++) s->slot_owner[i] = NO_IDX;
     s->next_slot = 0;
@@ -1830,7 +1835,6 @@ void spud_grammar_state_free(spud_grammar_state *s) {
     spud_free(s->sh);
     spud_free(s->work);
     spud_free(s->res);
-    spud_free(s->ds);
     spud_free(s->dt);
     spud_free(s->masks);
     spud_free(s->slot_owner);
@@ -1864,10 +1868,9 @@ spud_status spud_grammar_state_new(const spud_grammar *g, const spud_grammar_voc
     size_t slots = ((size_t)32 << 20) / (mask_bytes ? mask_bytes : 1);
     s->n_slots = (uint32_t)(slots < 8 ? 8 : slots > 4096 ? 4096 : slots);
     s->ref_tok = spud_malloc(((size_t)g->n_refs + 1) * sizeof *s->ref_tok);
-    s->ds = spud_malloc(((size_t)v->max_depth + 2) * sizeof *s->ds);
     s->dt = spud_malloc(((size_t)v->max_depth + 2) * sizeof *s->dt);
     s->slot_owner = spud_malloc((size_t)s->n_slots * sizeof *s->slot_owner);
-    if (!s->ref_tok || !s->ds || !s->dt || !s->slot_owner) goto oom;
+    if (!s->ref_tok || !s->dt || !s->slot_owner) goto oom;
     for (uint32_t i = 0; i < g->n_refs; i++) {
         const gtokref *r = &g->refs[i];
         s->ref_tok[i] = -1;
@@ -1895,12 +1898,13 @@ spud_status spud_grammar_state_new(const spud_grammar *g, const spud_grammar_voc
         }
     }
     /* Frame 0: the empty stack. State 0: dead (no frames, not complete). */
-    if (!GROW(s->fr, s->capf, 1) || !GROW(s->st, s->capst, 1) || !GROW(s->tr, s->captr, g->n_cls)) goto oom;
+    while ((1u << s->shift) < g->n_cls) s->shift++;
+    if (!GROW(s->fr, s->capf, 1) || !GROW(s->st, s->capst, 1) || !GROW(s->tr, s->captr, (size_t)1 << s->shift)) goto oom;
     s->fr[0] = (gframe){NO_IDX, NO_IDX, 0};
     s->nf = 1;
     s->st[0] = (dstate){.slot = -1};
-    for (uint32_t c = 0; c < g->n_cls; c++) s->tr[c] = ST_DEAD;
-    s->ntr = g->n_cls;
+    for (uint32_t c = 0; c < (1u << s->shift); c++) s->tr[c] = ST_DEAD;
+    s->ntr = (size_t)1 << s->shift;
     s->nst = 1;
     if (!make_initial(s)) {
         st = state_err(s);
@@ -2043,34 +2047,48 @@ static bool lazy_refuses(spud_grammar_state *s, int32_t id) {
 
 /* ---- masks ---- */
 
+/* The mask of state q (into m, of s->words + 1 words: the last is scratch):
+ * a preorder walk of the token trie. row[d] is the transition row of the
+ * state after the first d bytes of the current path; a dead transition skips
+ * the node's whole subtree. Each node's lookup depends on its parent's, so
+ * the walk is bound by that chain (load row[d - 1], load the transition,
+ * store row[d]): the table holds target rows, not ids, to keep a multiply
+ * out of it. The write for a token ending at the node is branch-free (to the
+ * scratch word when none does: that is not predictable). */
 static spud_status mask_walk(spud_grammar_state *s, uint32_t q, uint32_t *m, size_t *count) {
     const spud_grammar_vocab *v = s->v;
     const uint8_t *cls = s->g->cls;
     const tnode *tn = v->trie;
     const int32_t *toks = v->toks;
-    uint32_t *ds = s->ds, *dt = s->dt;
+    const uint32_t shift = s->shift, scratch = (uint32_t)s->words;
+    uint32_t *row = s->dt;
     const uint32_t *tr = s->tr;
     size_t cnt = 0;
-    ds[0] = q;
-    dt[0] = s->st[q].trans;
+    row[0] = q << shift;
     for (uint32_t i = 0, n = v->n_nodes; i < n;) {
         uint32_t d = tn[i].depth, c = cls[tn[i].byte];
-        uint32_t t = tr[dt[d - 1] + c];
+        uint32_t base = row[d - 1];
+        uint32_t t = tr[base + c];
         if (t == TR_UNKNOWN) {
-            if (!compute_trans(s, ds[d - 1], c, &t)) return state_err(s);
+            uint32_t id;
+            if (!compute_trans(s, base >> shift, c, &id)) return state_err(s);
             tr = s->tr;
+            t = id << shift;
         }
         if (t == ST_DEAD) {
             i = tn[i].next;
             continue;
         }
-        ds[d] = t;
-        dt[d] = s->st[t].trans;
-        for (uint32_t k = tn[i].tok, e = tn[i + 1].tok; k < e; k++) {
-            uint32_t id = (uint32_t)toks[k];
-            m[id >> 5] |= 1u << (id & 31);
-            cnt++;
-        }
+        row[d] = t;
+        uint32_t k = tn[i].tok, e = tn[i + 1].tok, id = (uint32_t)toks[k], has = k < e;
+        m[has ? id >> 5 : scratch] |= 1u << (id & 31);
+        cnt += has;
+        if (__builtin_expect(e - k > 1, 0)) /* several tokens spell these bytes */
+            for (k++; k < e; k++) {
+                id = (uint32_t)toks[k];
+                m[id >> 5] |= 1u << (id & 31);
+                cnt++;
+            }
         i++;
     }
     /* Token references and end of generation. */
@@ -2106,20 +2124,20 @@ static spud_status current_mask(spud_grammar_state *s, const uint32_t **out) {
     if ((st = check_budget(s))) return st;
     dstate *d = &s->st[s->cur];
     if (d->slot >= 0) {
-        *out = s->masks + (size_t)d->slot * s->words;
+        *out = s->masks + (size_t)d->slot * (s->words + 1);
         return SPUD_OK;
     }
     uint32_t slot = s->next_slot;
     s->next_slot = (s->next_slot + 1) % s->n_slots;
     if (slot >= s->used_slots) {
-        if (!GROW(s->masks, s->capmasks, ((size_t)slot + 1) * s->words)) return soom();
+        if (!GROW(s->masks, s->capmasks, ((size_t)slot + 1) * (s->words + 1))) return soom();
         s->slot_owner[slot] = NO_IDX;
         s->used_slots = slot + 1;
     }
     if (s->slot_owner[slot] != NO_IDX) s->st[s->slot_owner[slot]].slot = -1;
     s->slot_owner[slot] = NO_IDX;
-    uint32_t *m = s->masks + (size_t)slot * s->words;
-    memset(m, 0, s->words * 4);
+    uint32_t *m = s->masks + (size_t)slot * (s->words + 1);
+    memset(m, 0, (s->words + 1) * 4);
     size_t count;
     if ((st = mask_walk(s, s->cur, m, &count))) return st;
     if (count == 0)
@@ -2191,7 +2209,7 @@ bool spud_grammar_allows(spud_grammar_state *s, int32_t token) {
     if (!s->active) return !lazy_refuses(s, token);
     if (check_budget(s)) return false;
     const dstate *d = &s->st[s->cur];
-    if (d->slot >= 0) return (s->masks[(size_t)d->slot * s->words + ((uint32_t)token >> 5)] >> (token & 31)) & 1;
+    if (d->slot >= 0) return (s->masks[(size_t)d->slot * (s->words + 1) + ((uint32_t)token >> 5)] >> (token & 31)) & 1;
     if ((s->v->flags[token] & SPUD_GRAMMAR_TOK_EOG) && d->complete) return true;
     uint32_t t;
     return token_next(s, token, &t) && t != ST_DEAD;

@@ -10,8 +10,10 @@
  * undeclared properties unless additionalProperties is a schema, keys of
  * additional properties from [A-Za-z0-9_], numbers of at most 15 integer and
  * 15 fraction digits, exponent only when unbounded, strings and arrays of at
- * most SPUD_JSON_SCHEMA_MAX_REPEAT elements when no lower maximum is given).
- * The value ends the output: no whitespace after it.
+ * most SPUD_JSON_SCHEMA_MAX_REPEAT elements when no lower maximum is given,
+ * dates without February 29, a pattern's repetitions bounded so that its
+ * strings meet minLength/maxLength). The value ends the output: no
+ * whitespace after it.
  *
  * Supported: type (a name or a list), properties, required,
  * additionalProperties, items, prefixItems, minItems, maxItems, enum, const,
@@ -25,7 +27,8 @@
  * writeOnly) are ignored. In strict mode any other keyword, or a
  * combination that cannot be enforced exactly, is an error that names the
  * keyword and its JSON pointer ("json schema: /properties/tags: ...");
- * without strict mode such keywords are ignored (best effort).
+ * without strict mode such keywords are ignored (best effort). Strings of
+ * the document (keys included) must be valid UTF-8.
  *
  * Errors: SPUD_ERR_FORMAT (malformed JSON, invalid schema),
  * SPUD_ERR_UNSUPPORTED (strict mode: a keyword or combination it cannot

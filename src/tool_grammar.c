@@ -85,7 +85,7 @@ spud_status spud_tool_grammar_build(json_object *tools, spud_tool_format fmt, sp
     if (!json_object_is_type(tools, json_type_array) || json_object_array_length(tools) == 0)
         return spud_errorf(SPUD_ERR_INVALID, "tools: expecting a non-empty array of tools");
     spud_gbnf_builder *b = spud_gbnf_builder_new(strict);
-    char *alts = NULL, *body = NULL, *root = NULL, *nm = NULL;
+    char *alts = NULL, *body = NULL, *root = NULL;
     spud_status st = SPUD_OK;
     size_t n_tools = json_object_array_length(tools), n_alts = 0;
     const char *args_key = fmt == SPUD_TOOL_FORMAT_LLAMA3 ? "parameters" : "arguments";
@@ -213,7 +213,6 @@ done:
     spud_free(alts);
     spud_free(body);
     spud_free(root);
-    spud_free(nm);
     spud_gbnf_builder_free(b);
     return st;
 }

@@ -458,6 +458,22 @@ Test(grammar, token_references_and_control_tokens) {
     free(bits);
 }
 
+Test(grammar, empty_grammar) {
+    /* Found by fuzzing: a root that matches only the empty string. */
+    spud_grammar_vocab *v = byte_vocab(NULL, 0, NULL);
+    spud_grammar *g = parse_ok("root ::=");
+    cr_expect_eq(match(g, v, "", 0), FULL);
+    cr_expect_eq(match(g, v, "a", 1), REFUSE);
+    spud_grammar_state *s;
+    cr_assert_eq(spud_grammar_state_new(g, v, NULL, 0, &s), SPUD_OK);
+    cr_expect(spud_grammar_is_finished(s));
+    uint32_t bits[8];
+    cr_expect_eq(spud_grammar_mask(s, bits), SPUD_ERR_RANGE, "no EOG token in this vocabulary: nothing to offer");
+    spud_grammar_state_free(s);
+    spud_grammar_free(g);
+    spud_grammar_vocab_free(v);
+}
+
 Test(grammar, no_token_can_continue) {
     /* A vocabulary without the byte the grammar needs. */
     const char *pieces[] = {"a", "b"};

@@ -347,6 +347,24 @@ Test(json_schema, bad_schemas) {
     json_object_put(cases);
 }
 
+Test(json_schema, messages_and_utf8) {
+    /* Found by fuzzing: strings that are not UTF-8 (json-c passes them through) and
+     * keys with control characters (the message must stay on one line). */
+    static const char *bad_utf8 = "{\"enum\": [\"ok\", \"r\xF4\"]}";
+    char *gbnf = NULL;
+    cr_expect_eq(spud_json_schema_to_gbnf(bad_utf8, strlen(bad_utf8), true, &gbnf), SPUD_ERR_FORMAT);
+    cr_expect(strstr(spud_last_error(), "/enum/1: a string is not valid UTF-8"), "%s", spud_last_error());
+    static const char *bad_key = "{\"properties\": {\"a\\nb\": {\"not\": {}}}}";
+    cr_expect_eq(spud_json_schema_to_gbnf(bad_key, strlen(bad_key), true, &gbnf), SPUD_ERR_UNSUPPORTED);
+    cr_expect(strstr(spud_last_error(), "/properties/a\\nb: unsupported keyword 'not'"), "%s", spud_last_error());
+    cr_expect_null(strchr(spud_last_error(), '\n'));
+    static const char *literal = "true";
+    cr_expect_eq(spud_json_schema_to_gbnf(literal, strlen(literal), true, &gbnf), SPUD_OK, "a bare literal: %s", spud_last_error());
+    spud_free(gbnf);
+    static const char *incomplete = "{\"type\": \"string\"";
+    cr_expect_eq(spud_json_schema_to_gbnf(incomplete, strlen(incomplete), true, &gbnf), SPUD_ERR_FORMAT);
+}
+
 Test(json_schema, json_object_mode) {
     char *gbnf;
     cr_assert_eq(spud_json_schema_any_object_gbnf(&gbnf), SPUD_OK);

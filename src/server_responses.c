@@ -217,6 +217,29 @@ static bool input_messages(json_object *input, json_object *msgs, srv_error *e) 
     return true;
 }
 
+/* Responses-style function tools ({"type": "function", "name", "description",
+ * "parameters"}) in the chat shape templates expect ({"type": "function",
+ * "function": {...}}); other tools are passed as they are. */
+static json_object *chat_tools(json_object *tools) {
+    json_object *out = json_object_new_array();
+    for (size_t i = 0; i < json_object_array_length(tools); i++) {
+        json_object *t = json_object_array_get_idx(tools, i), *type = str_field(t, "type"), *fn = NULL;
+        if (type && !strcmp(json_object_get_string(type), "function") && !json_object_object_get_ex(t, "function", NULL)) {
+            fn = json_object_new_object();
+            json_object_object_foreach(t, k, v) {
+                if (strcmp(k, "type")) json_object_object_add(fn, k, json_object_get(v));
+            }
+            json_object *w = json_object_new_object();
+            json_object_object_add(w, "type", json_object_new_string("function"));
+            json_object_object_add(w, "function", fn);
+            json_object_array_add(out, w);
+        } else {
+            json_object_array_add(out, json_object_get(t));
+        }
+    }
+    return out;
+}
+
 /* ---- response objects ---- */
 
 static json_object *output_item(srv_gen *g, const char *status, bool with_content) {
@@ -428,8 +451,10 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     char *text = NULL;
     size_t len, n_ids;
     int32_t *ids = NULL;
-    bool ok = srv_check_messages(msgs, "input", e) && srv_render_chat(s, msgs, tools, true, &text, &len, e);
+    json_object *ctools = tools ? chat_tools(tools) : NULL;
+    bool ok = srv_check_messages(msgs, "input", e) && srv_render_chat(s, msgs, ctools, true, &text, &len, e);
     json_object_put(msgs);
+    if (ctools) json_object_put(ctools);
     if (!ok) return false;
     ok = srv_tokenize_prompt(s, text, len, false, "input", &ids, &n_ids, e);
     spud_free(text);

@@ -377,6 +377,14 @@ test('responses: create, stream, retrieve, previous_response_id, instructions, s
     ],
   });
   assert.equal(items.usage.output_tokens, 2);
+  // Responses-style function tools render as the chat-style ones do
+  const params = { type: 'object', properties: { city: { type: 'string' } } };
+  const viaChat = await c.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'Weather?' }], max_tokens: 1,
+    tools: [{ type: 'function', function: { name: 'weather', description: 'Get it.', parameters: params } }] });
+  const viaResp = await c.responses.create({ model: 'm', input: 'Weather?', max_output_tokens: 1, store: false,
+    tools: [{ type: 'function', name: 'weather', description: 'Get it.', parameters: params }] });
+  assert.equal(viaResp.usage.input_tokens, viaChat.usage.prompt_tokens);
+  assert.ok(viaChat.usage.prompt_tokens > alone.usage.input_tokens + 20);
 });
 
 test('eight concurrent streams each get their own text, decoded in shared batches', async () => {

@@ -5,6 +5,7 @@ outputs that tests/test_jinja.c checks spud's interpreter against.
 
 Run after changing CASES:  /usr/bin/python3 tests/gen_jinja_cases.py
 """
+import copy
 import json
 import os
 import sys
@@ -114,6 +115,7 @@ CASES = [
     "{{ 'hello'.find('l', 3) }}{{ 'hello'.find('l', -2) }}{{ 'hello'.rfind('l', 0, 3) }}{{ 'hello'.count('l', 3) }}{{ 'hello'.find('', 9) }}{{ 'hello'.startswith('ll', 2) }}{{ 'hello'.endswith('l', 0, 4) }}{{ 'héllo'.find('l', 2) }}",
     "{% set j = joiner(' | ') %}{% for x in l %}{{ j() }}{{ x }}{% endfor %}",
     "{{ []|map()|list }}|{{ none|select('nosuchtest')|list }}|{{ ''|map('nosuchfilter')|list }}",
+    "{{ (5|items) is defined }}|{{ (none|unique) is defined }}|{{ 0[::-1] }}|{{ not (-3)[::-1] }}|{{ [1, 2, 3]|batch(2)|list }}|{{ 'ab'|center(6) }}|",
     # tests
     "{{ n is defined }}{{ undefined_var is defined }}{{ undefined_var is undefined }}{{ z is none }}{{ n is number }}{{ f is float }}{{ n is integer }}{{ t is boolean }}{{ s is string }}{{ d is mapping }}{{ l is iterable }}{{ s is iterable }}{{ n is iterable }}",
     "{{ l is sequence }}{{ d is sequence }}{{ 3 is odd }}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 1 is in l }}{{ 'x' is lower }}{{ 'X' is upper }}{{ t is true }}{{ z is false }}{{ n is eq 3 }}{{ n is gt 2 }}{{ n is lt 2 }}{{ n is not none }}{{ undefined_var is iterable }}",
@@ -184,6 +186,11 @@ CASES = [
     "{{ n is callable 1 }}",
     "{{ n is eq }}",
     "{{ l|select('nosuchtest')|list }}",
+    "{{ 5|items|list }}",
+    "{% set x = true[::-1] %}",
+    "{{ n[1:] }}",
+    "{{ d[1:] }}",
+    "{{ l|indent }}",
 ]
 
 
@@ -207,7 +214,7 @@ def main():
     rows = []
     for src in CASES:
         try:
-            out = env.from_string(src).render(**V, add_generation_prompt=True)
+            out = env.from_string(src).render(**copy.deepcopy(V), add_generation_prompt=True)  # indent extends lists in place
             rows.append((src, out.encode("utf-8"), True))
         except Exception as e:  # noqa: BLE001
             rows.append((src, ("%s: %s" % (type(e).__name__, e)).encode("utf-8"), False))

@@ -434,6 +434,7 @@ typedef struct {
     value blockval;
     int64_t now;
     bool now_set;
+    bool bind_failed; /* the last error was a call's arguments not fitting its signature */
 } R;
 
 enum { FLOW_OK, FLOW_ERR, FLOW_BREAK, FLOW_CONTINUE };
@@ -732,7 +733,7 @@ static bool repr_value(R *r, buf *b, value v, int depth) {
             if (!repr_str(r, b, v.u.m->def->v.u.s)) return false;
             return buf_putc(r, b, '>');
         }
-        return buf_puts(r, b, "<Macro 'caller'>");
+        return buf_puts(r, b, "<Macro anonymous>");
     case T_FUNC: return buf_puts(r, b, "<built-in function>");
     case T_LOOP: {
         char tmp[64];
@@ -1183,7 +1184,9 @@ static bool lex_number(P *p, const char *s, size_t n, size_t *pi, int line) {
                                                                     : (is_digit(s[e]) || (c >= 'a' && c <= 'f'));
             if (ok) {
                 e++;
-            } else if (s[e] == '_' && e + 1 < n) {
+            } else if (s[e] == '_' && e + 1 < n && s[e + 1] != '_' &&
+                       (base == 16 ? (is_digit(s[e + 1]) || ((s[e + 1] | 0x20) >= 'a' && (s[e + 1] | 0x20) <= 'f'))
+                                   : s[e + 1] >= '0' && s[e + 1] < '0' + base)) {
                 e++;
             } else {
                 break;
@@ -1723,12 +1726,8 @@ static node *parse_postfix(P *p, node *x) {
                 if (!s || !nvec_push(p, &args, s)) return NULL;
             }
             if (!expect_op(p, OP_RBRACKET, "]")) return NULL;
-            if (args.n == 0) {
-                perr(p, t->line, "expected an expression in []");
-                return NULL;
-            }
-            node *idx = args.v[0];
-            if (args.n > 1) {
+            node *idx = args.n ? args.v[0] : NULL;
+            if (args.n != 1) { /* x[a, b] and x[] index with a tuple */
                 if (!(idx = mk(p, E_TUPLE, t->line))) return NULL;
                 idx->kids = args.v;
                 idx->nk = args.n;
@@ -2951,7 +2950,7 @@ static bool percent_format(R *r, const jstr *fmt, value args, value *out);
 
 static bool binop(R *r, int op, value a, value b, value *out) {
     if (a.t == T_UNDEF) return undef_error(r, a);
-    if (b.t == T_UNDEF) return undef_error(r, b);
+    if (b.t == T_UNDEF && !(op == OP_MOD && a.t == T_STR)) return undef_error(r, b); /* 'x' % undefined formats */
     bool num = is_num(a) && is_num(b), flt = a.t == T_FLOAT || b.t == T_FLOAT;
     int64_t x, y, z = 0;
     switch (op) {
@@ -3220,6 +3219,7 @@ static bool eval_args(R *r, const node *x, args_t *a, size_t extra_kw) {
 /* Bind args to named parameters (Python's rules for a plain signature). */
 static bool bind(R *r, const char *fname, const char *const *params, size_t np, const args_t *a,
                  size_t first, value *slots) {
+    r->bind_failed = true; /* until it succeeds */
     for (size_t i = 0; i < np; i++) slots[i].t = MISSING;
     if (a->npos > first + np)
         return FAIL(r, "%s() takes at most %zu arguments (%zu given)", fname, np, a->npos - first);
@@ -3231,6 +3231,7 @@ static bool bind(R *r, const char *fname, const char *const *params, size_t np, 
         if (slots[i].t != MISSING) return FAIL(r, "%s() got multiple values for argument '%s'", fname, params[i]);
         slots[i] = a->kwv[k];
     }
+    r->bind_failed = false;
     return true;
 }
 
@@ -4380,8 +4381,10 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
 static bool apply_filter(R *r, int id, const jstr *name, value v, args_t *a, value *out) {
     bool lazy = id == F_MAP || id == F_SELECT || id == F_REJECT || id == F_SELECTATTR ||
                 id == F_REJECTATTR || id == F_UNIQUE || id == F_ITEMS || id == F_BATCH;
+    r->bind_failed = false;
     if (apply_filter_now(r, id, name, v, a, out)) return true;
-    if (!lazy || r->st != SPUD_ERR_INVALID) return false;
+    /* a generator function still checks its arguments when called */
+    if (!lazy || r->st != SPUD_ERR_INVALID || r->bind_failed) return false;
     char *msg = ralloc(r, strlen(r->msg) + 1);
     if (!msg) return false;
     strcpy(msg, r->msg);
@@ -4952,7 +4955,11 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
     }
     case F_BATCH: {
         BIND("batch", "linecount", "fill_with");
-        if (!given(s[0])) return FAIL(r, "do_batch() missing 1 required positional argument: 'linecount'");
+        if (!given(s[0])) {
+            FAIL(r, "do_batch() missing 1 required positional argument: 'linecount'");
+            r->bind_failed = true;
+            return false;
+        }
         if (s[0].t != T_INT && s[0].t != T_BOOL) return FAIL(r, "'%s' object cannot be interpreted as an integer", tname(s[0]));
         int64_t k = as_int(s[0]);
         const value *items;
@@ -5304,9 +5311,9 @@ static bool str_range(R *r, const jstr *s, value vs, value ve, size_t *bs, size_
         if (k) hi = x > n ? n : x;
         else lo = x;
     }
-    if (lo > n || lo > hi) { /* empty range (start past the end) */
+    if (lo > n || lo > hi) { /* nothing matches in it, not even "" */
         *bs = *be = s->len;
-        *cs = lo;
+        *cs = n + 1;
         return true;
     }
     *bs = cp_offset(s, (size_t)lo);

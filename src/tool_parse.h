@@ -34,6 +34,18 @@
  *
  * A call that never completes (output cut by max_tokens) is not reported as
  * a call: finish() emits its text as CONTENT, so nothing is lost.
+ *
+ * Malformed calls: text after a call marker that does not follow the syntax,
+ * or arguments that are not one valid JSON object (checked when the object
+ * closes), make the call text so far CONTENT, and parsing goes on after it.
+ * Arguments stream as they are generated, so such a call (or one cut by
+ * max_tokens) may already have had its CALL_BEGIN and CALL_ARGS: a
+ * CALL_BEGIN with no CALL_END before the next CALL_BEGIN or the end of the
+ * output is a call abandoned this way; drop it (its index is not reused).
+ * Whitespace that is only layout is dropped: right before and after a call,
+ * after </think>, and at both ends of a think block.
+ * Memory: at most 1 MiB of one call or held-back text; beyond, feed()
+ * fails with SPUD_ERR_RANGE.
  */
 #ifndef SPUD_TOOL_PARSE_H
 #define SPUD_TOOL_PARSE_H

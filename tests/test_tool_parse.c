@@ -1,0 +1,383 @@
+/* test_tool_parse.c: the output parser (tool_parse.h).
+ *
+ * Each case is a hand-written model output in one family's call syntax (the
+ * call formats as the templates in ../shared/templates render assistant
+ * tool calls) with the content, reasoning and calls it must give. Every case
+ * is also fed in pieces of 1, 2, 3 and 7 bytes and split in two at every
+ * position: the events, with neighbouring fragments of one kind joined, must
+ * be the same as for the whole text at once. */
+#include <criterion/criterion.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+#include "tool_parse.h"
+
+#define MAX_CALLS 8
+
+typedef struct {
+    char *s;
+    size_t n;
+} str;
+
+static void str_add(str *b, const char *s, size_t n) {
+    b->s = realloc(b->s, b->n + n + 1);
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = 0;
+}
+
+typedef struct {
+    str norm; /* the event stream, neighbouring fragments of one kind joined */
+    int last_kind, last_index;
+    str content, reasoning;
+    int n_begin, n_end;
+    char names[MAX_CALLS][80];
+    str args[MAX_CALLS];
+    int index[MAX_CALLS];
+    bool bad_order;
+} result;
+
+static void on_event(void *ud, const spud_out_event *ev) {
+    result *r = ud;
+    char tag[128];
+    bool text = ev->kind == SPUD_OUT_CONTENT || ev->kind == SPUD_OUT_REASONING || ev->kind == SPUD_OUT_CALL_ARGS;
+    if (text) cr_assert(ev->len > 0, "an empty fragment");
+    if (!(text && r->last_kind == (int)ev->kind && r->last_index == ev->index)) {
+        snprintf(tag, sizeof tag, "\n[%d:%d%s%s]", (int)ev->kind, ev->index, ev->name ? " " : "",
+                 ev->name ? ev->name : "");
+        str_add(&r->norm, tag, strlen(tag));
+    }
+    r->last_kind = (int)ev->kind;
+    r->last_index = ev->index;
+    switch (ev->kind) {
+    case SPUD_OUT_CONTENT:
+        str_add(&r->norm, ev->text, ev->len);
+        str_add(&r->content, ev->text, ev->len);
+        break;
+    case SPUD_OUT_REASONING:
+        str_add(&r->norm, ev->text, ev->len);
+        str_add(&r->reasoning, ev->text, ev->len);
+        break;
+    case SPUD_OUT_CALL_BEGIN:
+        cr_assert_lt(r->n_begin, MAX_CALLS);
+        snprintf(r->names[r->n_begin], sizeof r->names[0], "%s", ev->name);
+        r->index[r->n_begin] = ev->index;
+        r->n_begin++;
+        break;
+    case SPUD_OUT_CALL_ARGS:
+        str_add(&r->norm, ev->text, ev->len);
+        if (r->n_begin == 0 || r->index[r->n_begin - 1] != ev->index) r->bad_order = true;
+        else str_add(&r->args[r->n_begin - 1], ev->text, ev->len);
+        break;
+    case SPUD_OUT_CALL_END:
+        if (r->n_begin == 0 || r->index[r->n_begin - 1] != ev->index) r->bad_order = true;
+        r->n_end++;
+        break;
+    }
+}
+
+static void result_free(result *r) {
+    free(r->norm.s);
+    free(r->content.s);
+    free(r->reasoning.s);
+    for (int i = 0; i < MAX_CALLS; i++) free(r->args[i].s);
+    memset(r, 0, sizeof *r);
+}
+
+/* Parse text fed in pieces: of `chunk` bytes (0: whole), or split at `split` when chunk < 0. */
+static void parse_pieces(const spud_out_parser_opts *o, const char *text, size_t n, int chunk, size_t split,
+                         result *r) {
+    memset(r, 0, sizeof *r);
+    r->last_kind = -1;
+    spud_out_parser *p = NULL;
+    cr_assert_eq(spud_out_parser_new(o, &p), SPUD_OK, "%s", spud_last_error());
+    if (chunk == 0) {
+        cr_assert_eq(spud_out_parser_feed(p, text, n, on_event, r), SPUD_OK, "%s", spud_last_error());
+    } else if (chunk < 0) {
+        cr_assert_eq(spud_out_parser_feed(p, text, split, on_event, r), SPUD_OK, "%s", spud_last_error());
+        cr_assert_eq(spud_out_parser_feed(p, text + split, n - split, on_event, r), SPUD_OK, "%s", spud_last_error());
+    } else {
+        for (size_t i = 0; i < n; i += (size_t)chunk) {
+            size_t k = n - i < (size_t)chunk ? n - i : (size_t)chunk;
+            cr_assert_eq(spud_out_parser_feed(p, text + i, k, on_event, r), SPUD_OK, "%s", spud_last_error());
+        }
+    }
+    cr_assert_eq(spud_out_parser_finish(p, on_event, r), SPUD_OK, "%s", spud_last_error());
+    spud_out_parser_free(p);
+    cr_assert(!r->bad_order, "CALL_ARGS or CALL_END for another call than the last CALL_BEGIN");
+}
+
+/* Parse the whole text, and check every way of cutting it gives the same events. */
+static void parse_all(const spud_out_parser_opts *o, const char *text, result *whole) {
+    size_t n = strlen(text);
+    parse_pieces(o, text, n, 0, 0, whole);
+    static const int chunks[] = {1, 2, 3, 7};
+    for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
+        result r;
+        parse_pieces(o, text, n, chunks[c], 0, &r);
+        cr_assert_str_eq(r.norm.s ? r.norm.s : "", whole->norm.s ? whole->norm.s : "",
+                         "pieces of %d bytes differ from the whole text:\n%s", chunks[c], text);
+        result_free(&r);
+    }
+    for (size_t i = 1; i < n; i++) {
+        result r;
+        parse_pieces(o, text, n, -1, i, &r);
+        cr_assert_str_eq(r.norm.s ? r.norm.s : "", whole->norm.s ? whole->norm.s : "",
+                         "split at %zu differs from the whole text:\n%s", i, text);
+        result_free(&r);
+    }
+}
+
+static const char *s_or_empty(const str *s) {
+    return s->s ? s->s : "";
+}
+
+/* The parsed text must give content, reasoning and calls (name, args pairs; args compared as JSON). */
+static void expect(spud_call_syntax syn, bool reasoning, bool in_reasoning, const char *text, const char *content,
+                   const char *reasoning_text, int n_calls, const char *const *calls) {
+    spud_out_parser_opts o = {.syntax = syn, .tools = true, .reasoning = reasoning, .in_reasoning = in_reasoning};
+    result r;
+    parse_all(&o, text, &r);
+    cr_expect_str_eq(s_or_empty(&r.content), content, "content of:\n%s\nevents:%s", text, s_or_empty(&r.norm));
+    cr_expect_str_eq(s_or_empty(&r.reasoning), reasoning_text, "reasoning of:\n%s", text);
+    cr_assert_eq(r.n_begin, n_calls, "calls in:\n%s\nevents:%s", text, s_or_empty(&r.norm));
+    cr_assert_eq(r.n_end, n_calls, "ended calls in:\n%s", text);
+    for (int i = 0; i < n_calls; i++) {
+        cr_expect_eq(r.index[i], i);
+        cr_expect_str_eq(r.names[i], calls[2 * i], "name of call %d in:\n%s", i, text);
+        json_object *got = json_tokener_parse(s_or_empty(&r.args[i])), *want = json_tokener_parse(calls[2 * i + 1]);
+        cr_assert(got, "arguments of call %d are not JSON: '%s'", i, s_or_empty(&r.args[i]));
+        cr_assert(want);
+        cr_expect(json_object_equal(got, want), "arguments of call %d: '%s', expected '%s'", i,
+                  s_or_empty(&r.args[i]), calls[2 * i + 1]);
+        /* the fragments are the model's own text of the object, trimmed */
+        const char *a = s_or_empty(&r.args[i]);
+        cr_expect(a[0] == '{' && a[strlen(a) - 1] == '}', "arguments text '%s'", a);
+        json_object_put(got);
+        json_object_put(want);
+    }
+    result_free(&r);
+}
+
+#define CALLS(...) ((const char *const[]){__VA_ARGS__})
+
+Test(tool_parse, hermes) {
+    /* Qwen 2.5 / Hermes rendering: '<tool_call>\n{"name": "' name '", "arguments": ' args '}\n</tool_call>' */
+    expect(SPUD_CALLS_HERMES, false, false,
+           "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>", "", "", 1,
+           CALLS("get_weather", "{\"city\": \"Paris\"}"));
+    expect(SPUD_CALLS_HERMES, false, false,
+           "Let me look.\n<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n"
+           "{\"name\": \"b\", \"arguments\": {}}\n</tool_call>",
+           "Let me look.", "", 2, CALLS("a", "{\"x\": 1}", "b", "{}"));
+    /* marker-like text and escapes inside strings */
+    expect(SPUD_CALLS_HERMES, false, false,
+           "<tool_call>{\"name\": \"f\", \"arguments\": {\"q\": \"</tool_call> <tool_call> {\\\"x\\\": \\\"}\\\"} \\\\\","
+           " \"n\": [1, {\"a\": [true, null]}]}}</tool_call> after",
+           "after", "", 1,
+           CALLS("f", "{\"q\": \"</tool_call> <tool_call> {\\\"x\\\": \\\"}\\\"} \\\\\", \"n\": [1, {\"a\": [true, null]}]}"));
+    /* arguments before name; arguments as a JSON string; no arguments */
+    expect(SPUD_CALLS_HERMES, false, false,
+           "<tool_call>{\"arguments\": {\"x\": \"y\"}, \"name\": \"f\"}</tool_call>"
+           "<tool_call>{\"name\": \"g\", \"arguments\": \"{\\\"k\\\": [1,2]}\"}</tool_call>"
+           "<tool_call>{\"name\": \"h\"}</tool_call>",
+           "", "", 3, CALLS("f", "{\"x\": \"y\"}", "g", "{\"k\": [1,2]}", "h", "{}"));
+    /* a closing tag the model never wrote */
+    expect(SPUD_CALLS_HERMES, false, false, "<tool_call>{\"name\": \"f\", \"arguments\": {}}", "", "", 1,
+           CALLS("f", "{}"));
+    /* text that only looks like the start of a marker */
+    expect(SPUD_CALLS_HERMES, false, false, "a <tool b <tool_cal> c <tool_call", "a <tool b <tool_cal> c <tool_call",
+           "", 0, NULL);
+}
+
+Test(tool_parse, think) {
+    /* Qwen3: <think>\n...\n</think>\n\n then content or calls */
+    expect(SPUD_CALLS_HERMES, true, false,
+           "<think>\nThe user wants weather. <tool_call> is how.\n</think>\n\nSure.\n<tool_call>\n{\"name\": \"w\", "
+           "\"arguments\": {}}\n</tool_call>",
+           "Sure.", "The user wants weather. <tool_call> is how.", 1, CALLS("w", "{}"));
+    /* the prompt opened the block */
+    expect(SPUD_CALLS_HERMES, true, true, "\nthinking\n</think>\n\nanswer", "answer", "thinking", 0, NULL);
+    /* reasoning off: tags are text */
+    expect(SPUD_CALLS_HERMES, false, false, "<think>x</think>y", "<think>x</think>y", "", 0, NULL);
+    /* cut inside the block */
+    expect(SPUD_CALLS_HERMES, true, false, "<think>abc </thi", "", "abc </thi", 0, NULL);
+}
+
+Test(tool_parse, llama3) {
+    /* Llama 3.1-3.3 rendering: '{"name": "' name '", "parameters": ' args '}' */
+    expect(SPUD_CALLS_LLAMA3, false, false, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}", "", "",
+           1, CALLS("get_weather", "{\"city\": \"Paris\"}"));
+    expect(SPUD_CALLS_LLAMA3, false, false,
+           "<|python_tag|>{\"type\": \"function\", \"name\": \"f\", \"parameters\": {\"a\": {\"b\": \"}\"}}}", "", "", 1,
+           CALLS("f", "{\"a\": {\"b\": \"}\"}}"));
+    expect(SPUD_CALLS_LLAMA3, false, false,
+           "{\"name\": \"a\", \"parameters\": {}}; {\"parameters\": {\"y\": 2}, \"name\": \"b\"}", "", "", 2,
+           CALLS("a", "{}", "b", "{\"y\": 2}"));
+    /* braces in ordinary text stay text */
+    expect(SPUD_CALLS_LLAMA3, false, false, "Use {x} or {\"k\": 1} or {\"name\": 3}.",
+           "Use {x} or {\"k\": 1} or {\"name\": 3}.", "", 0, NULL);
+}
+
+Test(tool_parse, mistral) {
+    /* Mistral Nemo rendering: '[TOOL_CALLS][' function|tojson minus '}' ', "id": "..."}' ... ']' */
+    expect(SPUD_CALLS_MISTRAL, false, false,
+           "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"x\": 1}, \"id\": \"abcdefghi\"}, {\"name\": \"b\", "
+           "\"arguments\": {\"s\": \"]\"}, \"id\": \"123456789\"}]",
+           "", "", 2, CALLS("a", "{\"x\": 1}", "b", "{\"s\": \"]\"}"));
+    /* newer: [TOOL_CALLS]name[ARGS]{...} */
+    expect(SPUD_CALLS_MISTRAL, false, false,
+           "Checking.[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]f[CALL_ID]abc123456[ARGS]{}", "Checking.",
+           "", 2, CALLS("get_weather", "{\"city\": \"Paris\"}", "f", "{}"));
+}
+
+Test(tool_parse, deepseek) {
+#define B "<\xEF\xBD\x9Ctool\xE2\x96\x81"
+#define E "\xEF\xBD\x9C>"
+    /* DeepSeek R1 rendering */
+    expect(SPUD_CALLS_DEEPSEEK, true, true,
+           "I need the weather.\n</think>\n\n" B "calls\xE2\x96\x81" "begin" E B "call\xE2\x96\x81" "begin" E "function" B
+           "sep" E "get_weather\n```json\n{\"city\": \"Paris\"}\n```" B "call\xE2\x96\x81" "end" E "\n" B
+           "call\xE2\x96\x81" "begin" E "function" B "sep" E "f\n```json\n{}\n```" B "call\xE2\x96\x81" "end" E B
+           "calls\xE2\x96\x81" "end" E,
+           "", "I need the weather.", 2, CALLS("get_weather", "{\"city\": \"Paris\"}", "f", "{}"));
+    /* V3.1: name<｜tool▁sep｜>{args} */
+    expect(SPUD_CALLS_DEEPSEEK, false, false,
+           "ok " B "calls\xE2\x96\x81" "begin" E B "call\xE2\x96\x81" "begin" E "g" B "sep" E "{\"a\": 1}" B
+           "call\xE2\x96\x81" "end" E B "calls\xE2\x96\x81" "end" E,
+           "ok", "", 1, CALLS("g", "{\"a\": 1}"));
+#undef B
+#undef E
+}
+
+Test(tool_parse, harmony) {
+    expect(SPUD_CALLS_HARMONY, false, false,
+           "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary "
+           "to=functions.get_weather <|constrain|>json<|message|>{\"city\":\"Paris\"}<|call|>",
+           "", "Need weather.", 1, CALLS("get_weather", "{\"city\":\"Paris\"}"));
+    expect(SPUD_CALLS_HARMONY, false, false,
+           "<|channel|>analysis<|message|>Simple.<|end|><|start|>assistant<|channel|>final<|message|>Hello!<|return|>",
+           "Hello!", "Simple.", 0, NULL);
+    /* recipient in the role position */
+    expect(SPUD_CALLS_HARMONY, false, false,
+           "<|start|>assistant to=functions.f<|channel|>commentary json<|message|>{}<|call|>", "", "", 1,
+           CALLS("f", "{}"));
+}
+
+Test(tool_parse, generic) {
+    expect(SPUD_CALLS_GENERIC, false, false,
+           "{\"tool_calls\": [{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {}}]}", "",
+           "", 2, CALLS("a", "{\"x\": 1}", "b", "{}"));
+    expect(SPUD_CALLS_GENERIC, false, false, " {\"name\": \"f\", \"arguments\": {\"q\": \"x\"}}", "", "", 1,
+           CALLS("f", "{\"q\": \"x\"}"));
+    expect(SPUD_CALLS_GENERIC, false, false,
+           "{\"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\": \"a\", \"arguments\": \"{\\\"x\\\": 1}\"}}]}",
+           "", "", 1, CALLS("a", "{\"x\": 1}"));
+    /* JSON that is not a call; braces after text */
+    expect(SPUD_CALLS_GENERIC, false, false, "{\"answer\": 42}", "{\"answer\": 42}", "", 0, NULL);
+    expect(SPUD_CALLS_GENERIC, false, false, "x {\"name\": \"f\", \"arguments\": {}}",
+           "x {\"name\": \"f\", \"arguments\": {}}", "", 0, NULL);
+}
+
+/* A call cut by max_tokens, or malformed inside its markers: its text is content, no CALL_END. */
+static void expect_not_call(spud_call_syntax syn, const char *text) {
+    spud_out_parser_opts o = {.syntax = syn, .tools = true};
+    result r;
+    parse_all(&o, text, &r);
+    cr_expect_eq(r.n_end, 0, "a call reported in:\n%s", text);
+    cr_expect_str_eq(s_or_empty(&r.content), text, "content of:\n%s", text);
+    result_free(&r);
+}
+
+Test(tool_parse, incomplete_and_malformed) {
+    expect_not_call(SPUD_CALLS_HERMES, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"city\": \"Par");
+    expect_not_call(SPUD_CALLS_HERMES, "<tool_call>\n{\"name\": \"f\"");
+    expect_not_call(SPUD_CALLS_HERMES, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": tru}}</tool_call>");
+    expect_not_call(SPUD_CALLS_HERMES, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1,}}</tool_call>");
+    expect_not_call(SPUD_CALLS_HERMES, "<tool_call>\n{\"arguments\": {}}</tool_call>");
+    expect_not_call(SPUD_CALLS_HERMES, "<tool_call>garbage</tool_call>");
+    expect_not_call(SPUD_CALLS_LLAMA3, "{\"name\": \"f\", \"parameters\": {\"a\": [1, 2}}");
+    expect_not_call(SPUD_CALLS_MISTRAL, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {");
+    expect_not_call(SPUD_CALLS_MISTRAL, "[TOOL_CALLS] 42");
+    expect_not_call(SPUD_CALLS_HARMONY, "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{\"a\":");
+    /* harmony: the header becomes content, the message end marker stays syntax */
+    expect(SPUD_CALLS_HARMONY, false, false, "<|channel|>commentary to=functions.f<|message|>not json<|call|>",
+           "<|channel|>commentary to=functions.f<|message|>not json", "", 0, NULL);
+}
+
+Test(tool_parse, tools_off) {
+    spud_out_parser_opts o = {.syntax = SPUD_CALLS_HERMES, .tools = false};
+    const char *text = "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>";
+    result r;
+    parse_all(&o, text, &r);
+    cr_expect_str_eq(s_or_empty(&r.content), text);
+    cr_expect_eq(r.n_begin, 0);
+    result_free(&r);
+}
+
+Test(tool_parse, garbage_never_crashes) {
+    /* pseudo-random byte soups over the markers' alphabet, every syntax */
+    static const char *const atoms[] = {"<tool_call>", "</tool_call>", "{", "}", "\"", "\\", "[", "]", ",", ":",
+                                        "name", "arguments", "parameters", "[TOOL_CALLS]", "[ARGS]", "<think>",
+                                        "</think>", "<|channel|>", "<|message|>", "<|call|>", "<|end|>", " ",
+                                        "\n", "`", "\xEF\xBD\x9C", "<\xEF\xBD\x9Ctool\xE2\x96\x81", "\xC3",
+                                        "to=functions.f", "<|start|>", "x"};
+    uint64_t s = 12345;
+    char text[400];
+    for (int iter = 0; iter < 300; iter++) {
+        size_t n = 0;
+        while (n < 300) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            const char *a = atoms[(s >> 33) % (sizeof atoms / sizeof atoms[0])];
+            size_t k = strlen(a);
+            memcpy(text + n, a, k);
+            n += k;
+        }
+        text[n] = 0;
+        for (int syn = 0; syn <= SPUD_CALLS_HARMONY; syn++) {
+            spud_out_parser_opts o = {.syntax = (spud_call_syntax)syn, .tools = true, .reasoning = iter % 2};
+            result whole, bytes;
+            parse_pieces(&o, text, n, 0, 0, &whole);
+            parse_pieces(&o, text, n, 1, 0, &bytes);
+            cr_assert_str_eq(s_or_empty(&bytes.norm), s_or_empty(&whole.norm), "syntax %d:\n%s", syn, text);
+            cr_assert_eq(whole.n_begin >= whole.n_end, true);
+            result_free(&whole);
+            result_free(&bytes);
+        }
+    }
+}
+
+Test(tool_parse, detect) {
+    static const struct {
+        const char *file;
+        spud_call_syntax want;
+    } cases[] = {
+        {"NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja", SPUD_CALLS_HERMES},
+        {"NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", SPUD_CALLS_HERMES},
+        {"Qwen-Qwen2.5-7B-Instruct.jinja", SPUD_CALLS_HERMES},
+        {"meta-llama-Llama-3.1-8B-Instruct.jinja", SPUD_CALLS_LLAMA3},
+        {"meta-llama-Llama-3.2-3B-Instruct.jinja", SPUD_CALLS_LLAMA3},
+        {"meta-llama-Llama-3.3-70B-Instruct.jinja", SPUD_CALLS_LLAMA3},
+        {"mistralai-Mistral-Nemo-Instruct-2407.jinja", SPUD_CALLS_MISTRAL},
+        {"deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", SPUD_CALLS_DEEPSEEK},
+        {"deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", SPUD_CALLS_DEEPSEEK},
+        {"llama-cpp-deepseek-r1.jinja", SPUD_CALLS_DEEPSEEK},
+        {"google-gemma-2-2b-it.jinja", SPUD_CALLS_GENERIC},
+        {"microsoft-Phi-3.5-mini-instruct.jinja", SPUD_CALLS_GENERIC},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/templates/%s", SPUD_SHARED_DIR, cases[i].file);
+        char *data = NULL;
+        size_t n = 0;
+        cr_assert_eq(spud_read_file(path, &data, &n), SPUD_OK, "%s", spud_last_error());
+        cr_expect_eq(spud_call_syntax_detect(data), cases[i].want, "%s: %s", cases[i].file,
+                     spud_call_syntax_name(spud_call_syntax_detect(data)));
+        spud_free(data);
+    }
+    cr_expect_eq(spud_call_syntax_detect(NULL), SPUD_CALLS_GENERIC);
+    cr_expect_eq(spud_call_syntax_detect("{{ '<|start|>assistant<|channel|>final<|message|>' }}"), SPUD_CALLS_HARMONY);
+}

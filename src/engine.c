@@ -54,6 +54,8 @@ struct spud_engine_req {
     size_t n_stop;
     bool logprobs;
     int32_t top_logprobs;
+    spud_grammar *grammar;    /* or NULL */
+    spud_grammar_state **gs;  /* (n_choices) one matcher per choice, when grammar */
     /* engine thread */
     spud_engine_req *next; /* queue link */
     int32_t *slot_of;      /* (n_choices) */
@@ -77,6 +79,7 @@ typedef struct {
     uint32_t n_hist;
     int32_t next;         /* sampled token to feed on the next step */
     spud_sampler *smp;
+    spud_grammar_state *gs; /* the choice's grammar matcher (owned by the request), or NULL */
     spud_detok dt;
     char *held;           /* generated text not yet handed out (stop-string hold-back) */
     size_t n_held, cap_held;
@@ -101,6 +104,8 @@ struct spud_engine {
     int32_t q_len;
     bool stopping, stopped;
     spud_engine_stats stats;
+    pthread_mutex_t vmu;           /* builds gvocab once */
+    spud_grammar_vocab *gvocab;    /* immutable once built; shared by every grammar matcher */
 
     /* engine thread */
     spud_engine_req *prefilling;
@@ -109,7 +114,7 @@ struct spud_engine {
     uint32_t *seq;
     bool *want;
     int32_t *row_slot; /* slot of the k-th logits row among the generating slots */
-    float *biased;     /* (n_vocab) logits plus logit_bias */
+    float *biased;     /* (n_vocab) logits plus logit_bias, grammar mask applied */
     char *piece;
     size_t piece_cap;
     spud_engine_req **dirty;
@@ -131,6 +136,10 @@ static void req_unref(spud_engine_req *r) {
         }
     for (size_t i = 0; i < r->n_stop; i++) spud_free(r->stop[i]);
     spud_free(r->out);
+    if (r->gs)
+        for (int32_t c = 0; c < r->n_choices; c++) spud_grammar_state_free(r->gs[c]);
+    spud_free(r->gs);
+    spud_grammar_free(r->grammar);
     spud_free(r->slot_of);
     spud_free(r->bias);
     spud_free(r->prompt);
@@ -287,6 +296,7 @@ static void slot_end(spud_engine *e, int32_t si, spud_finish f, bool flush) {
     req_end_choice(e, r, s->choice, f, s->n_gen);
     spud_sampler_free(s->smp);
     s->smp = NULL;
+    s->gs = NULL;
     s->req = NULL;
     s->state = SLOT_FREE;
     s->n_held = 0;
@@ -345,10 +355,21 @@ static void compute_logprobs(const float *lg, int32_t nv, int32_t tok, int32_t k
 static void slot_sample(spud_engine *e, int32_t si, const float *lg) {
     eng_slot *s = &e->slots[si];
     spud_engine_req *r = s->req;
-    if (r->n_bias) {
+    if (r->n_bias || s->gs) {
         memcpy(e->biased, lg, (size_t)e->nv * sizeof(float));
         for (size_t i = 0; i < r->n_bias; i++) e->biased[r->bias[i].token] += r->bias[i].bias;
         lg = e->biased;
+    }
+    /* A lazy grammar that waits for its trigger masks only the tokens that
+     * would complete the trigger with bytes the grammar refuses. */
+    if (s->gs) {
+        spud_status st = spud_grammar_apply(s->gs, e->biased, e->nv);
+        if (st) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "grammar: %s", spud_last_error());
+            req_fail(e, r, msg);
+            return;
+        }
     }
     int32_t tok = spud_sampler_sample(s->smp, lg, e->nv);
     if (s->n_gen == 0) {
@@ -358,6 +379,12 @@ static void slot_sample(spud_engine *e, int32_t si, const float *lg) {
     }
     if (spud_token_is_eog(e->m, tok)) {
         slot_end(e, si, SPUD_FINISH_STOP, true);
+        return;
+    }
+    if (s->gs && spud_grammar_accept(s->gs, tok) != SPUD_OK) { /* cannot happen after the mask */
+        char msg[256];
+        snprintf(msg, sizeof msg, "grammar: %s", spud_last_error());
+        req_fail(e, r, msg);
         return;
     }
     spud_sampler_accept(s->smp, tok);
@@ -386,6 +413,8 @@ static void slot_sample(spud_engine *e, int32_t si, const float *lg) {
         req_fail(e, r, "out of memory");
     } else if (rc == 1) {
         slot_end(e, si, SPUD_FINISH_STOP, false);
+    } else if (s->gs && spud_grammar_is_finished(s->gs)) {
+        slot_end(e, si, SPUD_FINISH_STOP, true); /* only end-of-generation could follow */
     } else if ((r->max_tokens > 0 && s->n_gen >= r->max_tokens) || s->n_hist >= e->n_ctx) {
         slot_end(e, si, SPUD_FINISH_LENGTH, true);
     } else {
@@ -464,6 +493,7 @@ static void engine_start(spud_engine *e, spud_engine_req *r) {
         spud_sampler_params sp = r->sp;
         sp.seed += (uint64_t)c;
         s->smp = spud_sampler_new(&sp, e->nv);
+        s->gs = r->gs ? r->gs[c] : NULL;
         spud_detok_init(&s->dt);
         s->n_held = 0;
         s->n_lp_held = 0;
@@ -711,6 +741,7 @@ spud_status spud_engine_new(const spud_model *m, const spud_engine_params *p, sp
         if (e->n_ctx == 0 || e->n_ctx > 4096) e->n_ctx = 4096;
     }
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->vmu, NULL);
     pthread_cond_init(&e->cv, NULL);
     if ((st = spud_ctx_new_multi(m, e->n_ctx, (uint32_t)e->n_par, &e->ctx))) goto fail;
     size_t rows = (size_t)e->n_par + ENGINE_IDLE_CHUNK;
@@ -784,12 +815,22 @@ void spud_engine_free(spud_engine *e) {
     spud_free(e->biased);
     spud_free(e->piece);
     spud_ctx_free(e->ctx);
+    spud_grammar_vocab_free(e->gvocab);
     pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->vmu);
     pthread_mutex_destroy(&e->mu);
     spud_free(e);
 }
 
 uint32_t spud_engine_n_ctx(const spud_engine *e) { return e->n_ctx; }
+
+const spud_grammar_vocab *spud_engine_grammar_vocab(spud_engine *e) {
+    pthread_mutex_lock(&e->vmu);
+    if (!e->gvocab && spud_grammar_vocab_from_tokenizer(e->m->tok, &e->gvocab) != SPUD_OK) e->gvocab = NULL;
+    spud_grammar_vocab *v = e->gvocab;
+    pthread_mutex_unlock(&e->vmu);
+    return v;
+}
 int32_t spud_engine_n_parallel(const spud_engine *e) { return e->n_par; }
 
 void spud_engine_get_stats(spud_engine *e, spud_engine_stats *s) {
@@ -799,8 +840,8 @@ void spud_engine_get_stats(spud_engine *e, spud_engine_stats *s) {
     pthread_mutex_unlock(&e->mu);
 }
 
-spud_status spud_engine_submit(spud_engine *e, const spud_engine_req_params *p, spud_engine_req **out) {
-    *out = NULL;
+/* Checks that need no request yet; the caller frees p->grammar on failure. */
+static spud_status submit_check(spud_engine *e, const spud_engine_req_params *p) {
     if (p->n_prompt == 0 || p->n_prompt > e->n_ctx)
         return spud_errorf(SPUD_ERR_INVALID, "the prompt is %zu tokens; the context holds 1 to %u",
                            p->n_prompt, e->n_ctx);
@@ -825,9 +866,39 @@ spud_status spud_engine_submit(spud_engine *e, const spud_engine_req_params *p, 
             return spud_errorf(SPUD_ERR_INVALID, "stop strings must be 1 to %d bytes",
                                SPUD_ENGINE_MAX_STOP_LEN);
     }
+    if (p->n_triggers && !p->grammar) return spud_errorf(SPUD_ERR_INVALID, "trigger words need a grammar");
+    return SPUD_OK;
+}
 
+/* One grammar matcher per choice (made here, on the caller's thread). */
+static spud_status submit_grammar(spud_engine *e, spud_engine_req *r, const spud_engine_req_params *p) {
+    const spud_grammar_vocab *v = spud_engine_grammar_vocab(e);
+    if (!v) return spud_errorf(SPUD_ERR_NOMEM, "grammar vocabulary: %s", spud_last_error());
+    if (spud_grammar_vocab_n(v) != e->nv)
+        return spud_errorf(SPUD_ERR_INVALID, "the grammar vocabulary has %d tokens, the model %d logits",
+                           (int)spud_grammar_vocab_n(v), (int)e->nv);
+    r->gs = spud_calloc((size_t)p->n_choices, sizeof *r->gs);
+    if (!r->gs) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    for (int32_t c = 0; c < p->n_choices; c++) {
+        spud_status st = spud_grammar_state_new(p->grammar, v, p->triggers, p->n_triggers, &r->gs[c]);
+        if (st) return st == SPUD_ERR_NOMEM ? st : spud_errorf(SPUD_ERR_INVALID, "%s", spud_last_error());
+    }
+    return SPUD_OK;
+}
+
+spud_status spud_engine_submit(spud_engine *e, const spud_engine_req_params *p, spud_engine_req **out) {
+    *out = NULL;
+    spud_status st = submit_check(e, p);
+    if (st) {
+        spud_grammar_free(p->grammar);
+        return st;
+    }
     spud_engine_req *r = spud_calloc(1, sizeof *r);
-    if (!r) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    if (!r) {
+        spud_grammar_free(p->grammar);
+        return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+    }
+    r->grammar = p->grammar; /* owned from here on, freed by req_unref */
     atomic_init(&r->refs, 2);
     atomic_init(&r->cancel, false);
     pthread_mutex_init(&r->mu, NULL);
@@ -855,12 +926,16 @@ spud_status spud_engine_submit(spud_engine *e, const spud_engine_req_params *p, 
         req_unref(r);
         return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
     }
+    if (p->grammar && (st = submit_grammar(e, r, p)) != SPUD_OK) {
+        atomic_store(&r->refs, 1);
+        req_unref(r);
+        return st;
+    }
     memcpy(r->prompt, p->prompt, p->n_prompt * sizeof(int32_t));
     for (int32_t c = 0; c < p->n_choices; c++) r->slot_of[c] = -1;
     if (p->n_bias) memcpy(r->bias, p->bias, p->n_bias * sizeof *r->bias);
     r->n_bias = p->n_bias;
 
-    spud_status st = SPUD_OK;
     pthread_mutex_lock(&e->mu);
     if (e->stopping || e->stopped) {
         st = spud_errorf(SPUD_ERR_INVALID, "the engine is shutting down");

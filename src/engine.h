@@ -11,6 +11,13 @@
  * request. A request asks for n choices: its prompt is prefilled once and the
  * KV copied into the other choices' slots (spud_ctx_seq_copy).
  *
+ * Grammars: a request may carry a compiled grammar (grammar.h). Each choice
+ * gets its own matcher; before sampling, the tokens it refuses get -inf (after
+ * logit_bias, before penalties and temperature); when the matcher is finished
+ * (only end-of-generation may follow) the choice ends with SPUD_FINISH_STOP.
+ * The vocabulary trie is built once per engine, by the first request that
+ * needs it, and shared.
+ *
  * Prefix reuse: every slot remembers the tokens whose KV it holds. A new
  * request gets the free slot whose history shares the longest prefix with its
  * prompt (or a copy of a longer prefix held by a busy slot); only the rest of
@@ -45,6 +52,7 @@
 #include <stdint.h>
 
 #include "core.h"
+#include "grammar.h"
 
 typedef struct spud_engine spud_engine;
 typedef struct spud_engine_req spud_engine_req;
@@ -78,10 +86,18 @@ typedef struct {
     size_t n_stop;
     bool logprobs;                 /* report the chosen token's log-probability */
     int32_t top_logprobs;          /* and that many alternatives (0 .. 20) */
+    /* Grammar-constrained output (grammar.h), or NULL. Submit takes
+     * ownership of the grammar whatever it returns (it is freed with the
+     * request). Each choice gets its own matcher over the engine's shared
+     * vocabulary trie; with triggers the grammar is lazy (tool_choice auto). */
+    spud_grammar *grammar;
+    const char *const *triggers;
+    size_t n_triggers;
 } spud_engine_req_params;
 
 /* Log-probabilities (natural log, of the softmax of the biased logits, before
- * temperature and truncation) of one generated token. */
+ * temperature and truncation; with a grammar, over the tokens it allows) of
+ * one generated token. */
 typedef struct {
     int32_t token;
     float logprob;
@@ -94,7 +110,7 @@ typedef struct {
 
 typedef enum {
     SPUD_FINISH_NONE = 0,
-    SPUD_FINISH_STOP,      /* end-of-generation token or stop string */
+    SPUD_FINISH_STOP,      /* end-of-generation token, stop string, or the grammar is finished */
     SPUD_FINISH_LENGTH,    /* max_tokens or the context is full */
     SPUD_FINISH_CANCELLED, /* cancelled, or the engine stopped */
     SPUD_FINISH_ERROR,     /* the forward pass failed; see spud_engine_req_error */
@@ -145,10 +161,14 @@ void spud_engine_free(spud_engine *e);
 uint32_t spud_engine_n_ctx(const spud_engine *e);
 int32_t spud_engine_n_parallel(const spud_engine *e);
 void spud_engine_get_stats(spud_engine *e, spud_engine_stats *s);
+/* The model's grammar vocabulary (token trie), built on first use (about
+ * 0.3 s for 150K tokens, by the calling thread, never the engine's), then
+ * shared by every request. NULL with the error set if it cannot be built. */
+const spud_grammar_vocab *spud_engine_grammar_vocab(spud_engine *e);
 
 /* Queue a request. SPUD_ERR_RANGE: the queue is full (try later);
- * SPUD_ERR_INVALID: bad parameters (the message says which) or the engine
- * has stopped. */
+ * SPUD_ERR_INVALID: bad parameters (the message says which, e.g. a grammar
+ * token reference the vocabulary lacks) or the engine has stopped. */
 spud_status spud_engine_submit(spud_engine *e, const spud_engine_req_params *p, spud_engine_req **out);
 
 /* A file descriptor that becomes readable when the request has news (poll it

@@ -3,6 +3,7 @@
  * prefix reuse, n choices, stop strings, logprobs, cancellation, limits. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <regex.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -384,6 +385,68 @@ Test(engine, prefix_copied_from_a_busy_slot) {
     spud_engine_delta_free(&d);
     free(ref);
     spud_free(a);
+    spud_engine_free(e);
+    spud_model_free(m);
+}
+
+/* A grammar constrains every choice (each with its own matcher), logit_bias
+ * cannot push a refused token through, a finished grammar ends with stop,
+ * max_tokens cuts with length, and an unresolvable token reference is refused. */
+Test(engine, grammar) {
+    spud_model *m = load(FIX("llama-f32.gguf"));
+    spud_engine *e;
+    cr_assert_eq(spud_engine_new(m, &(spud_engine_params){.n_ctx = 256, .n_parallel = 3}, &e), SPUD_OK);
+    int32_t *ids;
+    size_t n;
+    prompt_ids(m, 0, &ids, &n);
+    static const char gbnf[] = "root ::= \"[\" w (\",\" w){2} \"]\"\nw ::= [a-z]{2,4}\n";
+    regex_t re;
+    cr_assert_eq(regcomp(&re, "^\\[[a-z]{2,4}(,[a-z]{2,4}){2}\\]$", REG_EXTENDED | REG_NOSUB), 0);
+    int32_t q = -1;
+    for (int32_t t = 0; t < spud_model_n_vocab(m) && q < 0; t++) {
+        char buf[16];
+        if (spud_token_to_piece(m, t, false, buf, sizeof buf) == 1 && buf[0] == 'Q') q = t;
+    }
+    cr_assert_geq(q, 0);
+    spud_logit_bias bias = {q, 100};
+    for (int seed = 0; seed < 4; seed++) {
+        spud_engine_req_params p = greedy(ids, n, 64);
+        p.n_choices = 3;
+        p.sampling = (spud_sampler_params){.temp = 1.5f, .seed = (uint64_t)seed * 7};
+        p.bias = &bias;
+        p.n_bias = 1;
+        cr_assert_eq(spud_grammar_parse(gbnf, strlen(gbnf), &p.grammar), SPUD_OK, "%s", spud_last_error());
+        spud_engine_req *r;
+        collected c;
+        cr_assert_eq(spud_engine_submit(e, &p, &r), SPUD_OK, "%s", spud_last_error());
+        collect(r, 3, &c);
+        for (int k = 0; k < 3; k++) {
+            cr_expect_eq(regexec(&re, c.text[k], 0, NULL, 0), 0, "seed %d choice %d: '%s'", seed, k, c.text[k]);
+            cr_expect_eq(c.finish[k], SPUD_FINISH_STOP, "seed %d choice %d", seed, k);
+        }
+        collected_free(&c);
+        spud_engine_req_release(r);
+    }
+    regfree(&re);
+
+    spud_engine_req_params p = greedy(ids, n, 2);
+    cr_assert_eq(spud_grammar_parse(gbnf, strlen(gbnf), &p.grammar), SPUD_OK);
+    spud_engine_req *r;
+    collected c;
+    cr_assert_eq(spud_engine_submit(e, &p, &r), SPUD_OK);
+    collect(r, 1, &c);
+    cr_expect_eq(c.finish[0], SPUD_FINISH_LENGTH);
+    cr_expect_eq(c.n_gen[0], 2);
+    cr_expect_eq(c.text[0][0], '[');
+    collected_free(&c);
+    spud_engine_req_release(r);
+
+    static const char bad[] = "root ::= <no-such-token> \"x\"\n";
+    p = greedy(ids, n, 2);
+    cr_assert_eq(spud_grammar_parse(bad, strlen(bad), &p.grammar), SPUD_OK);
+    cr_expect_eq(spud_engine_submit(e, &p, &r), SPUD_ERR_INVALID);
+    cr_expect_null(r);
+    spud_free(ids);
     spud_engine_free(e);
     spud_model_free(m);
 }

@@ -881,7 +881,12 @@ static spud_status submit_grammar(spud_engine *e, spud_engine_req *r, const spud
     if (!r->gs) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
     for (int32_t c = 0; c < p->n_choices; c++) {
         spud_status st = spud_grammar_state_new(p->grammar, v, p->triggers, p->n_triggers, &r->gs[c]);
-        if (st) return st == SPUD_ERR_NOMEM ? st : spud_errorf(SPUD_ERR_INVALID, "%s", spud_last_error());
+        if (st == SPUD_ERR_NOMEM) return st;
+        if (st) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "%s", spud_last_error());
+            return spud_errorf(SPUD_ERR_INVALID, "%s", msg);
+        }
     }
     return SPUD_OK;
 }

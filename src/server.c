@@ -702,6 +702,15 @@ fail:
 
 uint16_t spud_server_port(const spud_server *s) { return s->port; }
 
+/* The tool-call syntax a chat template writes, by its markers (Hermes when it names none). */
+static spud_tool_format template_tool_format(const char *t, size_t n) {
+    if (memmem(t, n, "[TOOL_CALLS]", 12)) return SPUD_TOOL_FORMAT_MISTRAL;
+    if (memmem(t, n, "<tool_call>", 11)) return SPUD_TOOL_FORMAT_HERMES;
+    if (memmem(t, n, "<|python_tag|>", 14) || memmem(t, n, "\"parameters\": dictionary", 25))
+        return SPUD_TOOL_FORMAT_LLAMA3;
+    return SPUD_TOOL_FORMAT_HERMES;
+}
+
 spud_status spud_server_set_model(spud_server *s, const spud_model *m, const spud_engine_params *ep) {
     spud_status st = spud_engine_new(m, ep, &s->engine);
     if (st) return st;
@@ -717,6 +726,10 @@ spud_status spud_server_set_model(spud_server *s, const spud_model *m, const spu
         spud_chat_template_free(s->tmpl);
         s->tmpl = NULL;
     }
+    s->tool_format = SPUD_TOOL_FORMAT_HERMES; /* what our ChatML writes */
+    spud_str src = {0};
+    if (s->tmpl && spud_gguf_get_str(m->gguf, "tokenizer.chat_template", &src) == SPUD_OK)
+        s->tool_format = template_tool_format(src.ptr, src.len);
     atomic_store(&s->state, SRV_READY);
     return SPUD_OK;
 }

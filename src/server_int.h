@@ -5,6 +5,7 @@
  *   server_metrics.c    Prometheus counters and histograms
  *   server_oai.c        chat / completions: parameters, prompt, output JSON
  *   server_responses.c  the Responses API and its conversation store
+ *   server_tools.c      response_format / text.format, grammar, tools and tool_choice -> one grammar
  */
 #ifndef SPUD_SERVER_INT_H
 #define SPUD_SERVER_INT_H
@@ -17,6 +18,7 @@
 #include "chat.h"
 #include "model.h"
 #include "server.h"
+#include "tool_grammar.h"
 
 enum { SRV_LOADING = 0, SRV_READY, SRV_DRAINING };
 
@@ -41,7 +43,7 @@ typedef struct {
     int status;
     const char *type; /* "invalid_request_error", "server_error", ... */
     const char *code; /* machine-readable code, or NULL */
-    char param[128];  /* the offending field, "" for none */
+    char param[192];  /* the offending field, "" for none */
     char message[512];
 } srv_error;
 
@@ -99,6 +101,7 @@ struct spud_server {
     int32_t n_parallel;
     int64_t created;
     spud_chat_template *tmpl; /* the model's chat template; NULL: our ChatML */
+    spud_tool_format tool_format; /* the template's tool-call syntax (HERMES for ChatML) */
 
     pthread_mutex_t mu; /* in_flight */
     pthread_cond_t cv;
@@ -214,6 +217,33 @@ void srv_oai_stream_end(srv_gen *g);
 json_object *srv_oai_final(srv_gen *g);
 /* Log-probability entries in chat / completions shape. */
 void srv_logprobs_append(srv_gen *g, json_object *dst, const spud_logprob *lp, size_t n, size_t text_offset);
+
+/* ---- server_tools.c ---- */
+
+/* What the output must look like: a grammar (GBNF text, with a trigger word
+ * when lazy) and whether tool calls are parsed out of it. */
+typedef struct {
+    char *gbnf;                /* NULL: unconstrained */
+    char *trigger;             /* lazy grammar (tool_choice auto with strict tools) */
+    const char *trig[1];
+    char param[160];           /* the request field the grammar came from (400s name it) */
+    bool tools;                /* tools were given and tool_choice is not none */
+    spud_tool_choice choice;
+} srv_constraint;
+
+void srv_constraint_free(srv_constraint *c);
+/* response_format (chat: {"type", "json_schema": {...}}) or text.format
+ * (responses: {"type", "name", "schema", "strict"}); param is its path. */
+bool srv_parse_format(json_object *fmt, const char *param, bool responses, srv_constraint *c, srv_error *e);
+/* The "grammar" field (GBNF text; our extension, as llama-server has it). */
+bool srv_parse_grammar(json_object *body, srv_constraint *c, srv_error *e);
+/* Validate tools (chat shape; responses: reshaped, param paths as the
+ * Responses API writes them) and tool_choice; build the tool-call grammar
+ * when the choice is enforced. Call after the format / grammar. */
+bool srv_parse_tools(spud_server *s, json_object *tools, json_object *tool_choice, bool parallel, bool responses,
+                     srv_constraint *c, srv_error *e);
+/* Compile the grammar into p (p->grammar then belongs to the engine request). */
+bool srv_constraint_compile(srv_constraint *c, spud_engine_req_params *p, srv_error *e);
 
 /* ---- server_responses.c ---- */
 

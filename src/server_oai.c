@@ -509,14 +509,20 @@ static bool parse_n(spud_server *s, json_object *body, int32_t *n, srv_error *e)
     return true;
 }
 
+/* Logit bias, the grammar (last: the engine owns it from submit on), submit. */
 static bool finish_prepare(spud_server *s, json_object *body, srv_gen *g, spud_engine_req_params *p,
-                           srv_error *e) {
+                           srv_constraint *con, srv_error *e) {
     spud_logit_bias *bias = NULL;
     size_t n_bias = 0;
     if (!srv_parse_logit_bias(body, spud_model_n_vocab(s->model), &bias, &n_bias, e)) return false;
     p->bias = bias;
     p->n_bias = n_bias;
-    bool ok = srv_gen_submit(g, p, e);
+    bool ok = !con || srv_constraint_compile(con, p, e);
+    if (ok) {
+        ok = srv_gen_submit(g, p, e);
+        if (!ok && con && p->grammar && !e->param[0] && e->status == 400 && strstr(e->message, "grammar"))
+            snprintf(e->param, sizeof e->param, "%s", con->param);
+    }
     spud_free(bias);
     return ok;
 }
@@ -537,21 +543,36 @@ bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **out, srv_erro
     if (!srv_check_messages(messages, "messages", e)) return false;
     tools = srv_opt_typed(body, "tools", json_type_array, "an array", e, &bad);
     if (bad || !parse_n(s, body, &n, e)) return false;
+    bool parallel = true;
+    if (!srv_opt_bool(body, "parallel_tool_calls", &parallel, e)) return false;
+    srv_constraint con = {0};
+    json_object *rf = NULL, *tc = NULL;
+    json_object_object_get_ex(body, "response_format", &rf);
+    json_object_object_get_ex(body, "tool_choice", &tc);
+    if (!srv_parse_format(rf, "response_format", false, &con, e) || !srv_parse_grammar(body, &con, e) ||
+        !srv_parse_tools(s, tools, tc, parallel, false, &con, e)) {
+        srv_constraint_free(&con);
+        return false;
+    }
     srv_gen *g = *out = srv_gen_new(s, API_CHAT, ROUTE_CHAT, n);
-    if (!g) return srv_fail(e, 500, "", "out of memory");
+    if (!g) {
+        srv_constraint_free(&con);
+        return srv_fail(e, 500, "", "out of memory");
+    }
     spud_engine_req_params p = {0};
     const char *stop[SPUD_ENGINE_MAX_STOP];
-    if (!parse_common(s, body, true, g, &p, stop, e)) return false;
-    char *text;
+    char *text = NULL;
     size_t len, n_ids;
-    int32_t *ids;
-    if (!srv_render_chat(s, messages, tools, true, &text, &len, e)) return false;
-    bool ok = srv_tokenize_prompt(s, text, len, false, "messages", &ids, &n_ids, e);
+    int32_t *ids = NULL;
+    bool ok = parse_common(s, body, true, g, &p, stop, e) && srv_render_chat(s, messages, tools, true, &text, &len, e) &&
+              srv_tokenize_prompt(s, text, len, false, "messages", &ids, &n_ids, e);
     spud_free(text);
-    if (!ok) return false;
-    p.prompt = ids;
-    p.n_prompt = n_ids;
-    ok = finish_prepare(s, body, g, &p, e);
+    if (ok) {
+        p.prompt = ids;
+        p.n_prompt = n_ids;
+        ok = finish_prepare(s, body, g, &p, &con, e);
+    }
+    srv_constraint_free(&con);
     spud_free(ids);
     return ok;
 }
@@ -628,7 +649,7 @@ bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, sr
     }
     p.prompt = ids;
     p.n_prompt = n_ids;
-    bool ok = finish_prepare(s, body, g, &p, e);
+    bool ok = finish_prepare(s, body, g, &p, NULL, e);
     spud_free(ids);
     return ok;
 }

@@ -417,6 +417,13 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     if (bad) return false;
     json_object *meta = srv_opt_typed(body, "metadata", json_type_object, "an object", e, &bad);
     if (bad) return false;
+    bool parallel = true;
+    if (!srv_opt_bool(body, "parallel_tool_calls", &parallel, e)) return false;
+    json_object *text_opt = srv_opt_typed(body, "text", json_type_object, "an object", e, &bad), *fmt = NULL,
+                *tool_choice = NULL;
+    if (bad) return false;
+    if (text_opt) json_object_object_get_ex(text_opt, "format", &fmt);
+    json_object_object_get_ex(body, "tool_choice", &tool_choice);
 
     if (prev) {
         pthread_mutex_lock(&s->store.mu);
@@ -435,10 +442,23 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
         if (prev_conv) json_object_put(prev_conv);
         return srv_fail(e, 500, "", "out of memory");
     }
+    srv_constraint con = {0};
+    json_object *ctools = tools ? chat_tools(tools) : NULL;
+    if (!srv_parse_format(fmt, "text.format", true, &con, e) ||
+        !srv_parse_tools(s, ctools, tool_choice, parallel, true, &con, e)) {
+        srv_constraint_free(&con);
+        if (ctools) json_object_put(ctools);
+        if (prev_conv) json_object_put(prev_conv);
+        return false;
+    }
     g->stream = stream;
     g->store = store;
     g->conv = prev_conv ? prev_conv : json_object_new_array();
-    if (!input_messages(input, g->conv, e)) return false;
+    if (!input_messages(input, g->conv, e)) {
+        srv_constraint_free(&con);
+        if (ctools) json_object_put(ctools);
+        return false;
+    }
     json_object *msgs = json_object_new_array();
     if (instructions) {
         json_object *m = json_object_new_object();
@@ -451,17 +471,14 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     char *text = NULL;
     size_t len, n_ids;
     int32_t *ids = NULL;
-    json_object *ctools = tools ? chat_tools(tools) : NULL;
     bool ok = srv_check_messages(msgs, "input", e) && srv_render_chat(s, msgs, ctools, true, &text, &len, e);
     json_object_put(msgs);
     if (ctools) json_object_put(ctools);
-    if (!ok) return false;
-    ok = srv_tokenize_prompt(s, text, len, false, "input", &ids, &n_ids, e);
+    ok = ok && srv_tokenize_prompt(s, text, len, false, "input", &ids, &n_ids, e);
     spud_free(text);
-    if (!ok) return false;
-
     spud_engine_req_params p = {.prompt = ids, .n_prompt = n_ids, .n_choices = 1, .max_tokens = (int32_t)max_out};
-    if (!srv_parse_sampling(body, &p.sampling, e)) {
+    if (!ok || !srv_parse_sampling(body, &p.sampling, e)) {
+        srv_constraint_free(&con);
         spud_free(ids);
         return false;
     }
@@ -477,7 +494,7 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     json_object_object_add(r, "max_output_tokens", max_out ? json_object_new_int64(max_out) : NULL);
     json_object_object_add(r, "model", json_object_new_string(s->model_id));
     json_object_object_add(r, "output", json_object_new_array());
-    json_object_object_add(r, "parallel_tool_calls", json_object_new_boolean(true));
+    json_object_object_add(r, "parallel_tool_calls", json_object_new_boolean(parallel));
     json_object_object_add(r, "previous_response_id", prev ? json_object_new_string(prev) : NULL);
     json_object *reasoning = json_object_new_object();
     json_object_object_add(reasoning, "effort", NULL);
@@ -485,18 +502,24 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     json_object_object_add(r, "reasoning", reasoning);
     json_object_object_add(r, "store", json_object_new_boolean(store));
     json_object_object_add(r, "temperature", json_object_new_double(p.sampling.temp));
-    json_object *tf = json_object_new_object(), *fmt = json_object_new_object();
-    json_object_object_add(fmt, "type", json_object_new_string("text"));
-    json_object_object_add(tf, "format", fmt);
+    json_object *tf = json_object_new_object(), *tfmt = fmt && json_object_is_type(fmt, json_type_object) ? deep_copy(fmt) : NULL;
+    if (!tfmt) {
+        tfmt = json_object_new_object();
+        json_object_object_add(tfmt, "type", json_object_new_string("text"));
+    }
+    json_object_object_add(tf, "format", tfmt);
     json_object_object_add(r, "text", tf);
-    json_object_object_add(r, "tool_choice", json_object_new_string("auto"));
+    json_object_object_add(r, "tool_choice", tool_choice && !json_object_is_type(tool_choice, json_type_null)
+                                                 ? deep_copy(tool_choice)
+                                                 : json_object_new_string("auto"));
     json_object_object_add(r, "tools", tools ? deep_copy(tools) : json_object_new_array());
     json_object_object_add(r, "top_p", json_object_new_double(p.sampling.top_p));
     json_object_object_add(r, "truncation", json_object_new_string("disabled"));
     json_object_object_add(r, "usage", NULL);
     json_object_object_add(r, "metadata", meta ? deep_copy(meta) : json_object_new_object());
 
-    ok = srv_gen_submit(g, &p, e);
+    ok = srv_constraint_compile(&con, &p, e) && srv_gen_submit(g, &p, e);
+    srv_constraint_free(&con);
     spud_free(ids);
     return ok;
 }

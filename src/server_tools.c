@@ -1,0 +1,249 @@
+/* server_tools.c: what a request asks its output to be: response_format /
+ * text.format (JSON Schema, any JSON object), a GBNF `grammar`, and tools with
+ * tool_choice, turned into one grammar for the engine (json_schema.h,
+ * tool_grammar.h, grammar.h). Every error is a 400 whose param is the path
+ * of the offending field. */
+#include <stdio.h>
+#include <string.h>
+
+#include "json_schema.h"
+#include "server_int.h"
+#include "tool_grammar.h"
+
+void srv_constraint_free(srv_constraint *c) {
+    spud_free(c->gbnf);
+    spud_free(c->trigger);
+    c->gbnf = c->trigger = NULL;
+}
+
+static json_object *get(json_object *o, const char *key) {
+    json_object *v = NULL;
+    if (!o || !json_object_object_get_ex(o, key, &v)) return NULL;
+    return v;
+}
+
+static const char *type_name(json_object *v) {
+    switch (json_object_get_type(v)) {
+    case json_type_null: return "null";
+    case json_type_boolean: return "a boolean";
+    case json_type_int:
+    case json_type_double: return "a number";
+    case json_type_string: return "a string";
+    case json_type_array: return "an array";
+    default: return "an object";
+    }
+}
+
+/* A schema compiled to GBNF (or checked only, when gbnf is NULL). */
+static bool compile_schema(json_object *schema, bool strict, const char *param, char **gbnf, srv_error *e) {
+    char *g = NULL;
+    spud_status st = spud_json_schema_obj_to_gbnf(schema, strict, &g);
+    if (st == SPUD_ERR_NOMEM) return srv_fail(e, 500, "", "out of memory");
+    if (st) return srv_fail(e, 400, param, "'%s' is not a schema this server can enforce: %s", param, spud_last_error());
+    if (gbnf)
+        *gbnf = g;
+    else
+        spud_free(g);
+    return true;
+}
+
+bool srv_parse_format(json_object *fmt, const char *param, bool responses, srv_constraint *c, srv_error *e) {
+    char p[160];
+    if (!fmt || json_object_is_type(fmt, json_type_null)) return true;
+    if (!json_object_is_type(fmt, json_type_object))
+        return srv_fail(e, 400, param, "'%s' must be an object, not %s", param, type_name(fmt));
+    json_object *type = get(fmt, "type");
+    snprintf(p, sizeof p, "%s.type", param);
+    if (!type || !json_object_is_type(type, json_type_string))
+        return srv_fail(e, 400, p, "'%s' must be \"text\", \"json_object\" or \"json_schema\"", p);
+    const char *ty = json_object_get_string(type);
+    if (!strcmp(ty, "text")) return true;
+    if (!strcmp(ty, "json_object")) {
+        if (spud_json_schema_any_object_gbnf(&c->gbnf)) return srv_fail(e, 500, "", "%s", spud_last_error());
+        snprintf(c->param, sizeof c->param, "%s", param);
+        return true;
+    }
+    if (strcmp(ty, "json_schema"))
+        return srv_fail(e, 400, p, "'%s' must be \"text\", \"json_object\" or \"json_schema\" (got \"%s\")", p, ty);
+    /* chat: {"type", "json_schema": {"name", "schema", "strict"}}; responses: the same fields inline */
+    json_object *js = fmt;
+    char base[96];
+    snprintf(base, sizeof base, "%s", param);
+    if (!responses) {
+        js = get(fmt, "json_schema");
+        snprintf(base, sizeof base, "%s.json_schema", param);
+        if (!js || !json_object_is_type(js, json_type_object))
+            return srv_fail(e, 400, base, "'%s' must be an object with 'name' and 'schema'", base);
+    }
+    json_object *name = get(js, "name"), *schema = get(js, "schema"), *strict = get(js, "strict");
+    if (name && !json_object_is_type(name, json_type_string)) {
+        snprintf(p, sizeof p, "%s.name", base);
+        return srv_fail(e, 400, p, "'%s' must be a string", p);
+    }
+    if (strict && !json_object_is_type(strict, json_type_boolean) && !json_object_is_type(strict, json_type_null)) {
+        snprintf(p, sizeof p, "%s.strict", base);
+        return srv_fail(e, 400, p, "'%s' must be a boolean", p);
+    }
+    snprintf(p, sizeof p, "%s.schema", base);
+    if (!schema || json_object_is_type(schema, json_type_null))
+        return srv_fail(e, 400, p, "'%s' is required for a json_schema format", p);
+    if (!json_object_is_type(schema, json_type_object) && !json_object_is_type(schema, json_type_boolean))
+        return srv_fail(e, 400, p, "'%s' must be a JSON Schema object, not %s", p, type_name(schema));
+    bool is_strict = strict && json_object_is_type(strict, json_type_boolean) && json_object_get_boolean(strict);
+    if (!compile_schema(schema, is_strict, p, &c->gbnf, e)) return false;
+    snprintf(c->param, sizeof c->param, "%s", p);
+    return true;
+}
+
+bool srv_parse_grammar(json_object *body, srv_constraint *c, srv_error *e) {
+    json_object *g = get(body, "grammar");
+    if (!g || json_object_is_type(g, json_type_null)) return true;
+    if (!json_object_is_type(g, json_type_string))
+        return srv_fail(e, 400, "grammar", "'grammar' must be a string (GBNF), not %s", type_name(g));
+    if (json_object_get_string_len(g) == 0) return true; /* llama-server treats "" as no grammar */
+    if (c->gbnf)
+        return srv_fail(e, 400, "grammar", "give either 'grammar' or a JSON 'response_format', not both");
+    c->gbnf = spud_strndup(json_object_get_string(g), (size_t)json_object_get_string_len(g));
+    if (!c->gbnf) return srv_fail(e, 500, "", "out of memory");
+    snprintf(c->param, sizeof c->param, "grammar");
+    return true;
+}
+
+/* ---- tools ---- */
+
+static bool name_ok(const char *s, size_t n) {
+    if (n == 0 || n > 64) return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+              ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* The function object of chat tool i (responses: the tool itself was reshaped
+ * by the caller; rp names the original fields). */
+bool srv_parse_tools(spud_server *s, json_object *tools, json_object *tool_choice, bool parallel, bool responses,
+                     srv_constraint *c, srv_error *e) {
+    char p[160];
+    size_t n = tools ? json_object_array_length(tools) : 0;
+    bool any_strict = false;
+    c->tools = n > 0;
+    for (size_t i = 0; i < n; i++) {
+        json_object *t = json_object_array_get_idx(tools, i), *type, *fn, *name, *params, *strict;
+        const char *fp = responses ? "" : ".function"; /* where name / parameters live in the request */
+        snprintf(p, sizeof p, "tools[%zu]", i);
+        if (!json_object_is_type(t, json_type_object)) return srv_fail(e, 400, p, "'%s' must be an object", p);
+        type = get(t, "type");
+        if (!type || !json_object_is_type(type, json_type_string) || strcmp(json_object_get_string(type), "function")) {
+            snprintf(p, sizeof p, "tools[%zu].type", i);
+            return srv_fail(e, 400, p, "'%s' must be \"function\" (the only kind of tool this server runs)", p);
+        }
+        fn = get(t, "function");
+        if (!fn || !json_object_is_type(fn, json_type_object)) {
+            snprintf(p, sizeof p, "tools[%zu]%s", i, responses ? ".name" : ".function");
+            return srv_fail(e, 400, p, "'%s' is required", p);
+        }
+        name = get(fn, "name");
+        snprintf(p, sizeof p, "tools[%zu]%s.name", i, fp);
+        if (!name || !json_object_is_type(name, json_type_string))
+            return srv_fail(e, 400, p, "'%s' is required: every tool needs a name", p);
+        const char *nm = json_object_get_string(name);
+        if (!name_ok(nm, (size_t)json_object_get_string_len(name)))
+            return srv_fail(e, 400, p, "'%s' (\"%.64s\") must be 1 to 64 of a-z, A-Z, 0-9, _ and -", p, nm);
+        for (size_t k = 0; k < i; k++) {
+            json_object *o = get(get(json_object_array_get_idx(tools, k), "function"), "name");
+            if (o && !strcmp(json_object_get_string(o), nm))
+                return srv_fail(e, 400, p, "'%s': two tools are named \"%s\"", p, nm);
+        }
+        strict = get(fn, "strict");
+        if (strict && !json_object_is_type(strict, json_type_null) && !json_object_is_type(strict, json_type_boolean)) {
+            snprintf(p, sizeof p, "tools[%zu]%s.strict", i, fp);
+            return srv_fail(e, 400, p, "'%s' must be a boolean", p);
+        }
+        bool is_strict = strict && json_object_is_type(strict, json_type_boolean) && json_object_get_boolean(strict);
+        any_strict |= is_strict;
+        params = get(fn, "parameters");
+        snprintf(p, sizeof p, "tools[%zu]%s.parameters", i, fp);
+        if (params && !json_object_is_type(params, json_type_null)) {
+            if (!json_object_is_type(params, json_type_object))
+                return srv_fail(e, 400, p, "'%s' must be a JSON Schema object, not %s", p, type_name(params));
+            if (!compile_schema(params, is_strict, p, NULL, e)) return false;
+        }
+    }
+
+    /* tool_choice: "auto" | "none" | "required" | {"type": "function", "function": {"name"}} (chat)
+     * or {"type": "function", "name"} (responses) */
+    spud_tool_choice choice = SPUD_TOOL_CHOICE_AUTO;
+    const char *fname = NULL;
+    if (tool_choice && !json_object_is_type(tool_choice, json_type_null)) {
+        if (json_object_is_type(tool_choice, json_type_string)) {
+            const char *v = json_object_get_string(tool_choice);
+            if (spud_tool_choice_parse(v, &choice) || choice == SPUD_TOOL_CHOICE_FUNCTION)
+                return srv_fail(e, 400, "tool_choice",
+                                "'tool_choice' must be \"auto\", \"none\", \"required\" or a function object "
+                                "(got \"%.64s\")", v);
+        } else if (json_object_is_type(tool_choice, json_type_object)) {
+            json_object *type = get(tool_choice, "type"), *fo = get(tool_choice, "function");
+            json_object *nm = responses ? get(tool_choice, "name") : get(fo, "name");
+            if (!nm && !responses) nm = get(tool_choice, "name");
+            if (!nm && responses) nm = get(fo, "name");
+            if (!type || !json_object_is_type(type, json_type_string) || strcmp(json_object_get_string(type), "function") ||
+                !nm || !json_object_is_type(nm, json_type_string))
+                return srv_fail(e, 400, "tool_choice",
+                                responses ? "'tool_choice' as an object must be {\"type\": \"function\", \"name\": ...}"
+                                          : "'tool_choice' as an object must be {\"type\": \"function\", "
+                                            "\"function\": {\"name\": ...}}");
+            fname = json_object_get_string(nm);
+            choice = SPUD_TOOL_CHOICE_FUNCTION;
+            bool found = false;
+            for (size_t i = 0; i < n && !found; i++) {
+                json_object *o = get(get(json_object_array_get_idx(tools, i), "function"), "name");
+                found = o && !strcmp(json_object_get_string(o), fname);
+            }
+            if (!found)
+                return srv_fail(e, 400, "tool_choice", "'tool_choice' names the function \"%.64s\", which is not in 'tools'",
+                                fname);
+        } else {
+            return srv_fail(e, 400, "tool_choice", "'tool_choice' must be a string or an object, not %s",
+                            type_name(tool_choice));
+        }
+    }
+    if (n == 0 && (choice == SPUD_TOOL_CHOICE_REQUIRED || choice == SPUD_TOOL_CHOICE_FUNCTION))
+        return srv_fail(e, 400, "tool_choice", "'tool_choice' asks for a tool call, but 'tools' is empty or absent");
+    c->choice = choice;
+    if (choice == SPUD_TOOL_CHOICE_NONE) c->tools = false; /* no calls: the output is all content */
+    /* Enforce by grammar: required, a named function, and strict tools under auto (lazily). */
+    bool enforce = n > 0 && (choice == SPUD_TOOL_CHOICE_REQUIRED || choice == SPUD_TOOL_CHOICE_FUNCTION ||
+                             (choice == SPUD_TOOL_CHOICE_AUTO && any_strict));
+    if (!enforce) return true;
+    if (c->gbnf) {
+        if (choice == SPUD_TOOL_CHOICE_AUTO) return true; /* the response format wins; calls are parsed, not forced */
+        return srv_fail(e, 400, "tool_choice",
+                        "'tool_choice' forces a tool call; it cannot be combined with '%s'", c->param);
+    }
+    spud_tool_grammar tg;
+    spud_status st = spud_tool_grammar_build(tools, s->tool_format, choice, fname, parallel, s->model->tok, false, &tg);
+    if (st == SPUD_ERR_NOMEM) return srv_fail(e, 500, "", "out of memory");
+    if (st) return srv_fail(e, 400, "tools", "'tools': %s", spud_last_error());
+    c->gbnf = tg.gbnf;
+    c->trigger = tg.trigger;
+    snprintf(c->param, sizeof c->param, "tools");
+    return true;
+}
+
+bool srv_constraint_compile(srv_constraint *c, spud_engine_req_params *p, srv_error *e) {
+    p->grammar = NULL;
+    p->n_triggers = 0;
+    if (!c->gbnf) return true;
+    spud_grammar *g;
+    spud_status st = spud_grammar_parse(c->gbnf, strlen(c->gbnf), &g);
+    if (st == SPUD_ERR_NOMEM) return srv_fail(e, 500, "", "out of memory");
+    if (st) return srv_fail(e, 400, c->param, "'%s': %s", c->param, spud_last_error());
+    p->grammar = g;
+    c->trig[0] = c->trigger;
+    p->triggers = c->trig;
+    p->n_triggers = c->trigger ? 1 : 0;
+    return true;
+}

@@ -5,6 +5,7 @@
 #             --max-body 200000
 #   server B: a slower model without a chat template (ChatML fallback), --parallel 1, --max-queue 1,
 #             no keys, --store-bytes 8000 (queue, disconnect, store bound, SIGTERM tests)
+#   server S: the model of A, --parallel 4, --ctx-size 4096, no keys (structured output and tools)
 # Expected prompts come from Python's jinja2 (tests/server/gguf_template.py).
 # Each server must exit 0 after SIGTERM (under ASan that includes no leaks).
 set -euo pipefail
@@ -69,18 +70,21 @@ stop() {
 start A -m "$tmp/tiny.gguf" --parallel 8 --ctx-size 1024 --api-key sk-test-key --api-key-file "$tmp/keys" \
   --max-body 200000 --max-queue 64 -t 2
 start B -m "$tmp/slow.gguf" --parallel 1 --max-queue 1 --ctx-size 4096 -t 2 --store-bytes 8000
+start S -m "$tmp/tiny.gguf" --parallel 4 --ctx-size 4096 -t 2
 
 sanitized=0
 grep -q __asan_init "$SPUD" && sanitized=1
-export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
+export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_URL_S="$URL_S" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
   SPUD_KEY=sk-test-key SPUD_FILE_KEY=sk-from-file SPUD_SANITIZED=$sanitized \
   SPUD_MODEL_A="$tmp/tiny.gguf" PYTHON="$PY"
 
 cd "$SRC/tests/server"
 node --test --test-reporter=spec api.test.mjs
+node --test --test-reporter=spec structured.test.mjs
 node --test --test-reporter=spec load.test.mjs
 node --test --test-reporter=spec shutdown.test.mjs # sends SIGTERM to B itself
 stop B "$PID_B"
+stop S "$PID_S"
 stop A "$PID_A"
 
 # The shutdown wait is bounded: a stream longer than --shutdown-timeout is cut off with an error event.

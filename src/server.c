@@ -105,6 +105,7 @@ void srv_gen_free(srv_gen *g) {
         pthread_mutex_unlock(&g->s->mu);
     }
     for (int32_t c = 0; c < g->n_choices; c++) {
+        srv_choice_free_parse(&g->ch[c]);
         spud_free(g->ch[c].text);
         if (g->ch[c].lp) json_object_put(g->ch[c].lp);
     }
@@ -183,6 +184,7 @@ static bool gen_pump(srv_gen *g) {
             }
         }
         ch->n_gen = d->n_gen;
+        if (g->parse && !g->stream) srv_parse_feed(g, c, d->text, d->len, d->finish != SPUD_FINISH_NONE);
         if (g->stream) {
             if (g->api == API_RESPONSES)
                 srv_responses_stream_delta(g, d);
@@ -702,13 +704,30 @@ fail:
 
 uint16_t spud_server_port(const spud_server *s) { return s->port; }
 
-/* The tool-call syntax a chat template writes, by its markers (Hermes when it names none). */
-static spud_tool_format template_tool_format(const char *t, size_t n) {
-    if (memmem(t, n, "[TOOL_CALLS]", 12)) return SPUD_TOOL_FORMAT_MISTRAL;
-    if (memmem(t, n, "<tool_call>", 11)) return SPUD_TOOL_FORMAT_HERMES;
-    if (memmem(t, n, "<|python_tag|>", 14) || memmem(t, n, "\"parameters\": dictionary", 25))
-        return SPUD_TOOL_FORMAT_LLAMA3;
-    return SPUD_TOOL_FORMAT_HERMES;
+/* How the model writes tool calls and thinks, from its chat template's text
+ * (no template: our ChatML, Hermes calls, no thinking). */
+static void template_syntax(spud_server *s, const spud_model *m) {
+    s->call_syntax = SPUD_CALLS_HERMES;
+    s->thinks = false;
+    spud_str src = {0};
+    if (s->tmpl && spud_gguf_get_str(m->gguf, "tokenizer.chat_template", &src) == SPUD_OK) {
+        char *t = spud_strndup(src.ptr, src.len);
+        if (t) {
+            s->call_syntax = spud_call_syntax_detect(t);
+            s->thinks = strstr(t, "<think>") != NULL;
+            spud_free(t);
+        }
+    }
+    /* the syntaxes tool_grammar.h can enforce; the others are forced into Hermes */
+    s->has_tool_format = true;
+    switch (s->call_syntax) {
+    case SPUD_CALLS_LLAMA3: s->tool_format = SPUD_TOOL_FORMAT_LLAMA3; break;
+    case SPUD_CALLS_MISTRAL: s->tool_format = SPUD_TOOL_FORMAT_MISTRAL; break;
+    case SPUD_CALLS_HERMES: s->tool_format = SPUD_TOOL_FORMAT_HERMES; break;
+    default:
+        s->tool_format = SPUD_TOOL_FORMAT_HERMES;
+        s->has_tool_format = false;
+    }
 }
 
 spud_status spud_server_set_model(spud_server *s, const spud_model *m, const spud_engine_params *ep) {
@@ -726,10 +745,7 @@ spud_status spud_server_set_model(spud_server *s, const spud_model *m, const spu
         spud_chat_template_free(s->tmpl);
         s->tmpl = NULL;
     }
-    s->tool_format = SPUD_TOOL_FORMAT_HERMES; /* what our ChatML writes */
-    spud_str src = {0};
-    if (s->tmpl && spud_gguf_get_str(m->gguf, "tokenizer.chat_template", &src) == SPUD_OK)
-        s->tool_format = template_tool_format(src.ptr, src.len);
+    template_syntax(s, m);
     atomic_store(&s->state, SRV_READY);
     return SPUD_OK;
 }

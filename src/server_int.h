@@ -19,6 +19,7 @@
 #include "model.h"
 #include "server.h"
 #include "tool_grammar.h"
+#include "tool_parse.h"
 
 enum { SRV_LOADING = 0, SRV_READY, SRV_DRAINING };
 
@@ -101,7 +102,10 @@ struct spud_server {
     int32_t n_parallel;
     int64_t created;
     spud_chat_template *tmpl; /* the model's chat template; NULL: our ChatML */
-    spud_tool_format tool_format; /* the template's tool-call syntax (HERMES for ChatML) */
+    spud_call_syntax call_syntax; /* how the template writes tool calls (HERMES for ChatML) */
+    spud_tool_format tool_format; /* the grammar format of call_syntax */
+    bool has_tool_format;         /* false: call_syntax has no grammar; forced calls use HERMES */
+    bool thinks;                  /* the template writes <think> blocks: split reasoning_content */
 
     pthread_mutex_t mu; /* in_flight */
     pthread_cond_t cv;
@@ -113,6 +117,21 @@ struct spud_server {
 
 /* ---- one generation, streamed or not ---- */
 
+/* A growable NUL-terminated byte string. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} srv_buf;
+bool srv_buf_add(srv_buf *b, const char *s, size_t n); /* false: out of memory (b unchanged) */
+
+/* One tool call parsed out of the output. */
+typedef struct {
+    char id[40]; /* call_... */
+    char *name;
+    srv_buf args; /* the arguments, JSON text */
+    int32_t item_index; /* responses: its output_index */
+} srv_call;
+
 typedef struct {
     char *text; /* everything generated (NUL-terminated) */
     size_t len, cap;
@@ -121,6 +140,16 @@ typedef struct {
     int32_t n_gen;
     bool role_sent;
     bool end_sent;
+    /* with tools or reasoning, the output parser splits `text` (tool_parse.h) */
+    struct spud_out_parser *parser;
+    srv_buf content, reasoning;
+    srv_call *calls;
+    int32_t n_calls, cap_calls;
+    srv_call pending; /* the call being parsed; sent once complete */
+    bool has_pending;
+    bool parse_failed; /* the parser gave up (too long): the rest is content */
+    int32_t item_index; /* responses: output_index of the message item, once msg_opened */
+    bool msg_opened, msg_closed;
 } srv_choice;
 
 typedef struct srv_gen {
@@ -131,6 +160,10 @@ typedef struct srv_gen {
     int32_t n_choices;
     srv_choice *ch;
     bool stream, include_usage, logprobs;
+    bool parse;                    /* split content / reasoning / tool calls (see srv_choice.parser) */
+    spud_call_syntax popts_syntax;
+    bool popts_tools, popts_reasoning, popts_in_reasoning;
+    int32_t n_items;               /* responses: output items so far */
     int32_t top_logprobs;
     char id[48];      /* chatcmpl-..., cmpl-..., resp_... */
     char item_id[48]; /* responses: the output message's id */
@@ -213,6 +246,8 @@ bool srv_apply_template(spud_server *s, json_object *body, json_object **out, sr
 bool srv_tokenize_route(spud_server *s, json_object *body, json_object **out, srv_error *e);
 bool srv_detokenize_route(spud_server *s, json_object *body, json_object **out, srv_error *e);
 void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d);
+/* Parsed pieces of a streamed chat choice: content, reasoning_content, a complete call. */
+void srv_oai_stream_piece(srv_gen *g, int32_t c, int kind, const char *text, size_t len, const srv_call *call);
 void srv_oai_stream_end(srv_gen *g);
 json_object *srv_oai_final(srv_gen *g);
 /* Log-probability entries in chat / completions shape. */
@@ -229,6 +264,7 @@ typedef struct {
     char param[160];           /* the request field the grammar came from (400s name it) */
     bool tools;                /* tools were given and tool_choice is not none */
     spud_tool_choice choice;
+    spud_call_syntax syntax;   /* the syntax to parse calls in (the grammar's when forced) */
 } srv_constraint;
 
 void srv_constraint_free(srv_constraint *c);
@@ -244,12 +280,23 @@ bool srv_parse_tools(spud_server *s, json_object *tools, json_object *tool_choic
                      srv_constraint *c, srv_error *e);
 /* Compile the grammar into p (p->grammar then belongs to the engine request). */
 bool srv_constraint_compile(srv_constraint *c, spud_engine_req_params *p, srv_error *e);
+/* Decide how the output is split: calls when tools are on, reasoning when the
+ * template thinks (in_reasoning when the prompt ends inside a think block). */
+void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, size_t prompt_len);
+/* Feed new raw output of choice c to its parser (final: also flush it); the
+ * parsed pieces land in the choice and, for streams, become events. Without
+ * a parser the text is content as it is. */
+void srv_parse_feed(srv_gen *g, int32_t c, const char *text, size_t len, bool final);
+void srv_choice_free_parse(srv_choice *ch);
+/* The finish_reason of a chat choice: "tool_calls" when it ended with calls. */
+const char *srv_choice_finish(const srv_choice *ch);
 
 /* ---- server_responses.c ---- */
 
 bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **g, srv_error *e);
 void srv_responses_stream_start(srv_gen *g);
 void srv_responses_stream_delta(srv_gen *g, const spud_engine_delta *d);
+void srv_responses_stream_piece(srv_gen *g, int kind, const char *text, size_t len, const srv_call *call);
 void srv_responses_stream_end(srv_gen *g);
 json_object *srv_responses_final(srv_gen *g);
 /* Store the finished conversation when asked (called once the generation ends). */

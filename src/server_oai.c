@@ -388,6 +388,60 @@ static void stream_chunk(srv_gen *g, int32_t c, const char *text, size_t len, bo
     srv_out_event(g, NULL, o);
 }
 
+/* One chat chunk for choice c with the given delta object (consumed). */
+static void chat_chunk(srv_gen *g, int32_t c, json_object *delta) {
+    json_object *o = envelope(g, "chat.completion.chunk");
+    json_object *choices = json_object_new_array(), *ch = json_object_new_object();
+    json_object_object_add(ch, "index", json_object_new_int(c));
+    json_object_object_add(ch, "delta", delta);
+    json_object_object_add(ch, "logprobs", NULL);
+    json_object_object_add(ch, "finish_reason", NULL);
+    json_object_array_add(choices, ch);
+    json_object_object_add(o, "choices", choices);
+    if (g->include_usage) json_object_object_add(o, "usage", NULL);
+    srv_out_event(g, NULL, o);
+}
+
+static json_object *call_delta(int32_t index, const srv_call *k, bool head) {
+    json_object *delta = json_object_new_object(), *calls = json_object_new_array(), *tc = json_object_new_object(),
+                *fn = json_object_new_object();
+    json_object_object_add(tc, "index", json_object_new_int(index));
+    if (head) {
+        json_object_object_add(tc, "id", json_object_new_string(k->id));
+        json_object_object_add(tc, "type", json_object_new_string("function"));
+        json_object_object_add(fn, "name", json_object_new_string(k->name));
+        json_object_object_add(fn, "arguments", json_object_new_string(""));
+    } else {
+        json_object_object_add(fn, "arguments", srv_json_string_lossy(k->args.p ? k->args.p : "", k->args.n));
+    }
+    json_object_object_add(tc, "function", fn);
+    json_object_array_add(calls, tc);
+    json_object_object_add(delta, "tool_calls", calls);
+    return delta;
+}
+
+void srv_oai_stream_piece(srv_gen *g, int32_t c, int kind, const char *text, size_t len, const srv_call *call) {
+    json_object *delta;
+    switch (kind) {
+    case SPUD_OUT_CONTENT:
+        stream_chunk(g, c, text, len, false, NULL, NULL);
+        break;
+    case SPUD_OUT_REASONING:
+        delta = json_object_new_object();
+        json_object_object_add(delta, "reasoning_content", json_object_new_string_len(text, (int)len));
+        chat_chunk(g, c, delta);
+        break;
+    case SPUD_OUT_CALL_END: { /* a complete call: its head, then its arguments */
+        int32_t index = (int32_t)(call - g->ch[c].calls);
+        chat_chunk(g, c, call_delta(index, call, true));
+        chat_chunk(g, c, call_delta(index, call, false));
+        break;
+    }
+    default:
+        break;
+    }
+}
+
 void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d) {
     srv_choice *ch = &g->ch[c];
     bool chat = g->api == API_CHAT;
@@ -398,7 +452,14 @@ void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d) {
         else if (g->echo)
             stream_chunk(g, c, g->echo, strlen(g->echo), false, NULL, NULL);
     }
-    if (d->len || d->n_lp) {
+    if (chat && g->parse) { /* content, reasoning and calls come from the parser; logprobs on their own */
+        if (d->len || d->finish) srv_parse_feed(g, c, d->text, d->len, d->finish != SPUD_FINISH_NONE);
+        if (g->logprobs && d->n_lp) {
+            json_object *lp = json_object_new_array();
+            srv_logprobs_append(g, lp, d->lp, d->n_lp, ch->len - d->len);
+            stream_chunk(g, c, NULL, 0, false, lp, NULL);
+        }
+    } else if (d->len || d->n_lp) {
         json_object *lp = NULL;
         if (g->logprobs && d->n_lp) {
             lp = chat ? json_object_new_array() : json_object_new_object();
@@ -408,7 +469,8 @@ void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d) {
     }
     if ((d->finish == SPUD_FINISH_STOP || d->finish == SPUD_FINISH_LENGTH) && !ch->end_sent) {
         ch->end_sent = true;
-        stream_chunk(g, c, chat ? NULL : "", 0, false, NULL, srv_finish_name(d->finish));
+        const char *f = d->finish == SPUD_FINISH_STOP && ch->n_calls > 0 ? "tool_calls" : srv_finish_name(d->finish);
+        stream_chunk(g, c, chat ? NULL : "", 0, false, NULL, f);
     }
 }
 
@@ -431,8 +493,28 @@ json_object *srv_oai_final(srv_gen *g) {
         if (chat) {
             json_object *msg = json_object_new_object();
             json_object_object_add(msg, "role", json_object_new_string("assistant"));
-            json_object_object_add(msg, "content", json_object_new_string_len(ch->text ? ch->text : "", (int)ch->len));
+            if (!g->parse)
+                json_object_object_add(msg, "content", json_object_new_string_len(ch->text ? ch->text : "", (int)ch->len));
+            else if (ch->content.n || ch->n_calls == 0)
+                json_object_object_add(msg, "content", srv_json_string_lossy(ch->content.p ? ch->content.p : "", ch->content.n));
+            else
+                json_object_object_add(msg, "content", NULL); /* only calls */
             json_object_object_add(msg, "refusal", NULL);
+            if (ch->reasoning.n)
+                json_object_object_add(msg, "reasoning_content", srv_json_string_lossy(ch->reasoning.p, ch->reasoning.n));
+            if (ch->n_calls) {
+                json_object *calls = json_object_new_array();
+                for (int32_t k = 0; k < ch->n_calls; k++) {
+                    json_object *tc = json_object_new_object(), *fn = json_object_new_object();
+                    json_object_object_add(tc, "id", json_object_new_string(ch->calls[k].id));
+                    json_object_object_add(tc, "type", json_object_new_string("function"));
+                    json_object_object_add(fn, "name", json_object_new_string(ch->calls[k].name));
+                    json_object_object_add(fn, "arguments", srv_json_string_lossy(ch->calls[k].args.p, ch->calls[k].args.n));
+                    json_object_object_add(tc, "function", fn);
+                    json_object_array_add(calls, tc);
+                }
+                json_object_object_add(msg, "tool_calls", calls);
+            }
             json_object_object_add(x, "message", msg);
             json_object *lp = NULL;
             if (g->logprobs) {
@@ -449,7 +531,7 @@ json_object *srv_oai_final(srv_gen *g) {
             spud_free(b.p);
             json_object_object_add(x, "logprobs", g->logprobs && ch->lp ? json_object_get(ch->lp) : NULL);
         }
-        json_object_object_add(x, "finish_reason", json_object_new_string(srv_finish_name(ch->finish)));
+        json_object_object_add(x, "finish_reason", json_object_new_string(chat ? srv_choice_finish(ch) : srv_finish_name(ch->finish)));
         json_object_array_add(choices, x);
     }
     json_object_object_add(o, "choices", choices);
@@ -562,10 +644,11 @@ bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **out, srv_erro
     spud_engine_req_params p = {0};
     const char *stop[SPUD_ENGINE_MAX_STOP];
     char *text = NULL;
-    size_t len, n_ids;
+    size_t len = 0, n_ids = 0;
     int32_t *ids = NULL;
-    bool ok = parse_common(s, body, true, g, &p, stop, e) && srv_render_chat(s, messages, tools, true, &text, &len, e) &&
-              srv_tokenize_prompt(s, text, len, false, "messages", &ids, &n_ids, e);
+    bool ok = parse_common(s, body, true, g, &p, stop, e) && srv_render_chat(s, messages, tools, true, &text, &len, e);
+    if (ok) srv_gen_set_parse(g, &con, text, len);
+    ok = ok && srv_tokenize_prompt(s, text, len, false, "messages", &ids, &n_ids, e);
     spud_free(text);
     if (ok) {
         p.prompt = ids;

@@ -242,23 +242,69 @@ static json_object *chat_tools(json_object *tools) {
 
 /* ---- response objects ---- */
 
+/* The text of the message item: the parsed content, or all the output. */
+static const char *msg_text(srv_gen *g, size_t *len) {
+    srv_choice *ch = &g->ch[0];
+    if (g->parse) {
+        *len = ch->content.n;
+        return ch->content.p ? ch->content.p : "";
+    }
+    *len = ch->len;
+    return ch->text ? ch->text : "";
+}
+
+static json_object *part_json(srv_gen *g, bool with_text) {
+    size_t n = 0;
+    const char *t = with_text ? msg_text(g, &n) : "";
+    json_object *part = json_object_new_object();
+    json_object_object_add(part, "type", json_object_new_string("output_text"));
+    json_object_object_add(part, "text", json_object_new_string_len(t, (int)n));
+    json_object_object_add(part, "annotations", json_object_new_array());
+    json_object_object_add(part, "logprobs", json_object_new_array());
+    return part;
+}
+
 static json_object *output_item(srv_gen *g, const char *status, bool with_content) {
     json_object *item = json_object_new_object(), *content = json_object_new_array();
     json_object_object_add(item, "id", json_object_new_string(g->item_id));
     json_object_object_add(item, "type", json_object_new_string("message"));
     json_object_object_add(item, "status", json_object_new_string(status));
     json_object_object_add(item, "role", json_object_new_string("assistant"));
-    if (with_content) {
-        json_object *part = json_object_new_object();
-        json_object_object_add(part, "type", json_object_new_string("output_text"));
-        json_object_object_add(part, "text",
-                               json_object_new_string_len(g->ch[0].text ? g->ch[0].text : "", (int)g->ch[0].len));
-        json_object_object_add(part, "annotations", json_object_new_array());
-        json_object_object_add(part, "logprobs", json_object_new_array());
-        json_object_array_add(content, part);
-    }
+    if (with_content) json_object_array_add(content, part_json(g, true));
     json_object_object_add(item, "content", content);
     return item;
+}
+
+/* A function_call output item (its id is the call id with fc_ for call_). */
+static json_object *call_item(const srv_call *k, const char *status, bool with_args) {
+    char id[48];
+    snprintf(id, sizeof id, "fc_%s", strncmp(k->id, "call_", 5) ? k->id : k->id + 5);
+    json_object *item = json_object_new_object();
+    json_object_object_add(item, "id", json_object_new_string(id));
+    json_object_object_add(item, "type", json_object_new_string("function_call"));
+    json_object_object_add(item, "status", json_object_new_string(status));
+    json_object_object_add(item, "arguments",
+                           with_args ? srv_json_string_lossy(k->args.p ? k->args.p : "", k->args.n) : json_object_new_string(""));
+    json_object_object_add(item, "call_id", json_object_new_string(k->id));
+    json_object_object_add(item, "name", json_object_new_string(k->name));
+    return item;
+}
+
+/* The output items in order: the message (when it has text, or nothing else
+ * was produced) and the function calls. */
+static json_object *output_items(srv_gen *g, const char *status) {
+    srv_choice *ch = &g->ch[0];
+    json_object *out = json_object_new_array();
+    if (!g->parse || (!ch->msg_opened && ch->n_calls == 0)) {
+        json_object_array_add(out, output_item(g, status, true));
+        return out;
+    }
+    for (int32_t idx = 0; idx < g->n_items; idx++) {
+        if (ch->msg_opened && ch->item_index == idx) json_object_array_add(out, output_item(g, status, true));
+        for (int32_t k = 0; k < ch->n_calls; k++)
+            if (ch->calls[k].item_index == idx) json_object_array_add(out, call_item(&ch->calls[k], "completed", true));
+    }
+    return out;
 }
 
 /* The response object at this point: in progress, or final. */
@@ -283,9 +329,7 @@ static json_object *response_now(srv_gen *g, bool final) {
                                                                              : "the server is shutting down"));
         json_object_object_add(r, "error", err);
     }
-    json_object *out = json_object_new_array();
-    json_object_array_add(out, output_item(g, incomplete ? "incomplete" : "completed", true));
-    json_object_object_add(r, "output", out);
+    json_object_object_add(r, "output", output_items(g, incomplete ? "incomplete" : "completed"));
     json_object_object_add(r, "usage", srv_usage_json(g, true));
     return r;
 }
@@ -298,23 +342,41 @@ static void event(srv_gen *g, const char *type, json_object *o) {
     srv_out_event(g, type, o);
 }
 
-static json_object *part_json(srv_gen *g, bool with_text) {
-    json_object *part = json_object_new_object();
-    json_object_object_add(part, "type", json_object_new_string("output_text"));
-    json_object_object_add(part, "text", with_text ? json_object_new_string_len(g->ch[0].text ? g->ch[0].text : "",
-                                                                               (int)g->ch[0].len)
-                                                   : json_object_new_string(""));
-    json_object_object_add(part, "annotations", json_object_new_array());
-    json_object_object_add(part, "logprobs", json_object_new_array());
-    return part;
-}
+static int32_t msg_index(srv_gen *g) { return g->parse ? g->ch[0].item_index : 0; }
 
 static json_object *at_item(srv_gen *g, bool content_index) {
     json_object *o = json_object_new_object();
     json_object_object_add(o, "item_id", json_object_new_string(g->item_id));
-    json_object_object_add(o, "output_index", json_object_new_int(0));
+    json_object_object_add(o, "output_index", json_object_new_int(msg_index(g)));
     if (content_index) json_object_object_add(o, "content_index", json_object_new_int(0));
     return o;
+}
+
+/* output_item.added and content_part.added of the message item. */
+static void msg_open_events(srv_gen *g) {
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "output_index", json_object_new_int(msg_index(g)));
+    json_object_object_add(o, "item", output_item(g, "in_progress", false));
+    event(g, "response.output_item.added", o);
+    o = at_item(g, true);
+    json_object_object_add(o, "part", part_json(g, false));
+    event(g, "response.content_part.added", o);
+}
+
+static void msg_close_events(srv_gen *g, const char *status) {
+    size_t n;
+    const char *t = msg_text(g, &n);
+    json_object *o = at_item(g, true);
+    json_object_object_add(o, "text", json_object_new_string_len(t, (int)n));
+    json_object_object_add(o, "logprobs", json_object_new_array());
+    event(g, "response.output_text.done", o);
+    o = at_item(g, true);
+    json_object_object_add(o, "part", part_json(g, true));
+    event(g, "response.content_part.done", o);
+    o = json_object_new_object();
+    json_object_object_add(o, "output_index", json_object_new_int(msg_index(g)));
+    json_object_object_add(o, "item", output_item(g, status, true));
+    event(g, "response.output_item.done", o);
 }
 
 void srv_responses_stream_start(srv_gen *g) {
@@ -324,38 +386,78 @@ void srv_responses_stream_start(srv_gen *g) {
     o = json_object_new_object();
     json_object_object_add(o, "response", response_now(g, false));
     event(g, "response.in_progress", o);
-    o = json_object_new_object();
-    json_object_object_add(o, "output_index", json_object_new_int(0));
-    json_object_object_add(o, "item", output_item(g, "in_progress", false));
-    event(g, "response.output_item.added", o);
-    o = at_item(g, true);
-    json_object_object_add(o, "part", part_json(g, false));
-    event(g, "response.content_part.added", o);
+    if (!g->parse) msg_open_events(g); /* with a parser, items open as their first piece arrives */
 }
 
-void srv_responses_stream_delta(srv_gen *g, const spud_engine_delta *d) {
-    if (!d->len) return;
+static void text_delta(srv_gen *g, const char *text, size_t len) {
     json_object *o = at_item(g, true);
-    json_object_object_add(o, "delta", json_object_new_string_len(d->text, (int)d->len));
+    json_object_object_add(o, "delta", json_object_new_string_len(text, (int)len));
     json_object_object_add(o, "logprobs", json_object_new_array());
     event(g, "response.output_text.delta", o);
 }
 
-void srv_responses_stream_end(srv_gen *g) {
-    spud_finish f = g->ch[0].finish;
-    if (f == SPUD_FINISH_STOP || f == SPUD_FINISH_LENGTH) {
-        json_object *o = at_item(g, true);
-        json_object_object_add(o, "text", json_object_new_string_len(g->ch[0].text ? g->ch[0].text : "",
-                                                                      (int)g->ch[0].len));
-        json_object_object_add(o, "logprobs", json_object_new_array());
-        event(g, "response.output_text.done", o);
-        o = at_item(g, true);
-        json_object_object_add(o, "part", part_json(g, true));
-        event(g, "response.content_part.done", o);
+void srv_responses_stream_delta(srv_gen *g, const spud_engine_delta *d) {
+    if (g->parse) {
+        srv_parse_feed(g, 0, d->text, d->len, d->finish != SPUD_FINISH_NONE);
+        return;
+    }
+    if (d->len) text_delta(g, d->text, d->len);
+}
+
+void srv_responses_stream_piece(srv_gen *g, int kind, const char *text, size_t len, const srv_call *call) {
+    srv_choice *ch = &g->ch[0];
+    if (kind == SPUD_OUT_CONTENT) {
+        if (!ch->msg_opened) {
+            ch->msg_opened = true;
+            ch->item_index = g->n_items++;
+            if (g->stream) msg_open_events(g);
+        }
+        if (g->stream) text_delta(g, text, len);
+    } else if (kind == SPUD_OUT_CALL_END) {
+        ((srv_call *)call)->item_index = g->n_items++;
+        if (!g->stream) return;
+        json_object *item = call_item(call, "in_progress", false), *o = json_object_new_object(), *id = NULL;
+        json_object_object_get_ex(item, "id", &id);
+        char item_id[48];
+        snprintf(item_id, sizeof item_id, "%s", json_object_get_string(id));
+        json_object_object_add(o, "output_index", json_object_new_int(call->item_index));
+        json_object_object_add(o, "item", item);
+        event(g, "response.output_item.added", o);
         o = json_object_new_object();
-        json_object_object_add(o, "output_index", json_object_new_int(0));
-        json_object_object_add(o, "item", output_item(g, f == SPUD_FINISH_LENGTH ? "incomplete" : "completed", true));
+        json_object_object_add(o, "item_id", json_object_new_string(item_id));
+        json_object_object_add(o, "output_index", json_object_new_int(call->item_index));
+        json_object_object_add(o, "delta", srv_json_string_lossy(call->args.p ? call->args.p : "", call->args.n));
+        event(g, "response.function_call_arguments.delta", o);
+        o = json_object_new_object();
+        json_object_object_add(o, "item_id", json_object_new_string(item_id));
+        json_object_object_add(o, "output_index", json_object_new_int(call->item_index));
+        json_object_object_add(o, "arguments", srv_json_string_lossy(call->args.p ? call->args.p : "", call->args.n));
+        event(g, "response.function_call_arguments.done", o);
+        o = json_object_new_object();
+        json_object_object_add(o, "output_index", json_object_new_int(call->item_index));
+        json_object_object_add(o, "item", call_item(call, "completed", true));
         event(g, "response.output_item.done", o);
+    }
+}
+
+void srv_responses_stream_end(srv_gen *g) {
+    srv_choice *ch = &g->ch[0];
+    spud_finish f = ch->finish;
+    if (f == SPUD_FINISH_STOP || f == SPUD_FINISH_LENGTH) {
+        const char *status = f == SPUD_FINISH_LENGTH ? "incomplete" : "completed";
+        if (!g->parse) {
+            msg_close_events(g, status);
+        } else {
+            if (!ch->msg_opened && ch->n_calls == 0) { /* nothing but reasoning (or nothing): an empty message */
+                ch->msg_opened = true;
+                ch->item_index = g->n_items++;
+                msg_open_events(g);
+            }
+            if (ch->msg_opened && !ch->msg_closed) {
+                ch->msg_closed = true;
+                msg_close_events(g, status);
+            }
+        }
     }
     json_object *o = json_object_new_object();
     json_object_object_add(o, "response", response_now(g, true));
@@ -366,16 +468,31 @@ void srv_responses_stream_end(srv_gen *g) {
 }
 
 void srv_responses_store(srv_gen *g) {
-    spud_finish f = g->ch[0].finish;
+    srv_choice *ch = &g->ch[0];
+    spud_finish f = ch->finish;
     if (!g->store || !g->conv || (f != SPUD_FINISH_STOP && f != SPUD_FINISH_LENGTH)) return;
     srv_store *st = &g->s->store;
     srv_store_entry *e = spud_calloc(1, sizeof *e);
     if (!e) return;
     snprintf(e->id, sizeof e->id, "%s", g->id);
+    size_t n;
+    const char *t = msg_text(g, &n);
     json_object *msg = json_object_new_object();
     json_object_object_add(msg, "role", json_object_new_string("assistant"));
-    json_object_object_add(msg, "content", json_object_new_string_len(g->ch[0].text ? g->ch[0].text : "",
-                                                                      (int)g->ch[0].len));
+    json_object_object_add(msg, "content", srv_json_string_lossy(t, n));
+    if (ch->n_calls) { /* as a chat message with tool_calls, so that function_call_output items follow it */
+        json_object *calls = json_object_new_array();
+        for (int32_t k = 0; k < ch->n_calls; k++) {
+            json_object *tc = json_object_new_object(), *fn = json_object_new_object();
+            json_object_object_add(tc, "id", json_object_new_string(ch->calls[k].id));
+            json_object_object_add(tc, "type", json_object_new_string("function"));
+            json_object_object_add(fn, "name", json_object_new_string(ch->calls[k].name));
+            json_object_object_add(fn, "arguments", srv_json_string_lossy(ch->calls[k].args.p, ch->calls[k].args.n));
+            json_object_object_add(tc, "function", fn);
+            json_object_array_add(calls, tc);
+        }
+        json_object_object_add(msg, "tool_calls", calls);
+    }
     e->messages = json_object_get(g->conv);
     json_object_array_add(e->messages, msg);
     e->response = response_now(g, true);
@@ -469,9 +586,10 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     for (size_t i = 0; i < json_object_array_length(g->conv); i++)
         json_object_array_add(msgs, json_object_get(json_object_array_get_idx(g->conv, i)));
     char *text = NULL;
-    size_t len, n_ids;
+    size_t len = 0, n_ids = 0;
     int32_t *ids = NULL;
     bool ok = srv_check_messages(msgs, "input", e) && srv_render_chat(s, msgs, ctools, true, &text, &len, e);
+    if (ok) srv_gen_set_parse(g, &con, text, len);
     json_object_put(msgs);
     if (ctools) json_object_put(ctools);
     ok = ok && srv_tokenize_prompt(s, text, len, false, "input", &ids, &n_ids, e);

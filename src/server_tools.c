@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "json_schema.h"
+#include "tool_parse.h"
 #include "server_int.h"
 #include "tool_grammar.h"
 
@@ -213,6 +214,7 @@ bool srv_parse_tools(spud_server *s, json_object *tools, json_object *tool_choic
     if (n == 0 && (choice == SPUD_TOOL_CHOICE_REQUIRED || choice == SPUD_TOOL_CHOICE_FUNCTION))
         return srv_fail(e, 400, "tool_choice", "'tool_choice' asks for a tool call, but 'tools' is empty or absent");
     c->choice = choice;
+    c->syntax = s->call_syntax;
     if (choice == SPUD_TOOL_CHOICE_NONE) c->tools = false; /* no calls: the output is all content */
     /* Enforce by grammar: required, a named function, and strict tools under auto (lazily). */
     bool enforce = n > 0 && (choice == SPUD_TOOL_CHOICE_REQUIRED || choice == SPUD_TOOL_CHOICE_FUNCTION ||
@@ -223,6 +225,7 @@ bool srv_parse_tools(spud_server *s, json_object *tools, json_object *tool_choic
         return srv_fail(e, 400, "tool_choice",
                         "'tool_choice' forces a tool call; it cannot be combined with '%s'", c->param);
     }
+    if (!s->has_tool_format) c->syntax = SPUD_CALLS_HERMES; /* what the grammar below writes */
     spud_tool_grammar tg;
     spud_status st = spud_tool_grammar_build(tools, s->tool_format, choice, fname, parallel, s->model->tok, false, &tg);
     if (st == SPUD_ERR_NOMEM) return srv_fail(e, 500, "", "out of memory");
@@ -246,4 +249,141 @@ bool srv_constraint_compile(srv_constraint *c, spud_engine_req_params *p, srv_er
     p->triggers = c->trig;
     p->n_triggers = c->trigger ? 1 : 0;
     return true;
+}
+
+/* ---- the output, parsed back ---- */
+
+bool srv_buf_add(srv_buf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        char *t = spud_realloc(b->p, cap);
+        if (!t) return false;
+        b->p = t;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+    return true;
+}
+
+static void call_clear(srv_call *k) {
+    spud_free(k->name);
+    spud_free(k->args.p);
+    memset(k, 0, sizeof *k);
+}
+
+void srv_choice_free_parse(srv_choice *ch) {
+    spud_out_parser_free(ch->parser);
+    ch->parser = NULL;
+    spud_free(ch->content.p);
+    spud_free(ch->reasoning.p);
+    for (int32_t i = 0; i < ch->n_calls; i++) call_clear(&ch->calls[i]);
+    spud_free(ch->calls);
+    call_clear(&ch->pending);
+}
+
+const char *srv_choice_finish(const srv_choice *ch) {
+    if (ch->finish == SPUD_FINISH_STOP && ch->n_calls > 0) return "tool_calls";
+    return srv_finish_name(ch->finish);
+}
+
+void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, size_t prompt_len) {
+    spud_server *s = g->s;
+    g->popts_syntax = c->tools ? c->syntax : s->call_syntax;
+    g->popts_tools = c->tools;
+    g->popts_reasoning = s->thinks;
+    /* a generation prompt that opens a think block: the output starts inside it */
+    size_t n = prompt_len;
+    while (n > 0 && (prompt[n - 1] == '\n' || prompt[n - 1] == ' ')) n--;
+    g->popts_in_reasoning = s->thinks && n >= 7 && !memcmp(prompt + n - 7, "<think>", 7);
+    g->parse = g->popts_tools || g->popts_reasoning;
+}
+
+typedef struct {
+    srv_gen *g;
+    int32_t c;
+} feed_ctx;
+
+static void emit(srv_gen *g, int32_t c, int kind, const char *text, size_t len, const srv_call *call) {
+    if (g->api == API_RESPONSES) /* also when not streaming: it numbers the output items */
+        srv_responses_stream_piece(g, kind, text, len, call);
+    else if (g->stream)
+        srv_oai_stream_piece(g, c, kind, text, len, call);
+}
+
+static void on_event(void *ud, const spud_out_event *ev) {
+    feed_ctx *f = ud;
+    srv_choice *ch = &f->g->ch[f->c];
+    switch (ev->kind) {
+    case SPUD_OUT_CONTENT:
+        if (srv_buf_add(&ch->content, ev->text, ev->len)) emit(f->g, f->c, SPUD_OUT_CONTENT, ev->text, ev->len, NULL);
+        break;
+    case SPUD_OUT_REASONING:
+        if (srv_buf_add(&ch->reasoning, ev->text, ev->len))
+            emit(f->g, f->c, SPUD_OUT_REASONING, ev->text, ev->len, NULL);
+        break;
+    case SPUD_OUT_CALL_BEGIN: /* a previous call without its end was abandoned by the parser */
+        call_clear(&ch->pending);
+        ch->pending.name = spud_strndup(ev->name, strlen(ev->name));
+        ch->has_pending = ch->pending.name != NULL;
+        break;
+    case SPUD_OUT_CALL_ARGS:
+        if (ch->has_pending && !srv_buf_add(&ch->pending.args, ev->text, ev->len)) {
+            call_clear(&ch->pending);
+            ch->has_pending = false;
+        }
+        break;
+    case SPUD_OUT_CALL_END:
+        if (!ch->has_pending) break;
+        if (ch->n_calls == ch->cap_calls) {
+            int32_t cap = ch->cap_calls ? ch->cap_calls * 2 : 4;
+            srv_call *t = spud_realloc(ch->calls, (size_t)cap * sizeof *t);
+            if (!t) break;
+            ch->calls = t;
+            ch->cap_calls = cap;
+        }
+        srv_call *k = &ch->calls[ch->n_calls++];
+        *k = ch->pending;
+        memset(&ch->pending, 0, sizeof ch->pending);
+        ch->has_pending = false;
+        if (!k->args.p) srv_buf_add(&k->args, "{}", 2);
+        srv_random_id(k->id, sizeof k->id, "call_");
+        emit(f->g, f->c, SPUD_OUT_CALL_END, NULL, 0, k);
+        break;
+    }
+}
+
+void srv_parse_feed(srv_gen *g, int32_t c, const char *text, size_t len, bool final) {
+    srv_choice *ch = &g->ch[c];
+    feed_ctx f = {g, c};
+    if (!g->parse || ch->parse_failed) {
+        spud_out_event ev = {.kind = SPUD_OUT_CONTENT, .text = text, .len = len};
+        if (len) on_event(&f, &ev);
+        return;
+    }
+    if (!ch->parser) {
+        spud_out_parser_opts o = {.syntax = g->popts_syntax,
+                                  .tools = g->popts_tools,
+                                  .reasoning = g->popts_reasoning,
+                                  .in_reasoning = g->popts_in_reasoning};
+        if (spud_out_parser_new(&o, &ch->parser) != SPUD_OK) {
+            ch->parse_failed = true;
+            srv_parse_feed(g, c, text, len, final);
+            return;
+        }
+    }
+    if (len && spud_out_parser_feed(ch->parser, text, len, on_event, &f) != SPUD_OK) {
+        /* over the parser's bound: what it held is lost to the split, the rest is content */
+        ch->parse_failed = true;
+        spud_log(SPUD_LOG_WARN, "serve: output parser: %s; the rest of the output is content", spud_last_error());
+        srv_parse_feed(g, c, text, len, final);
+        return;
+    }
+    if (final) {
+        spud_out_parser_finish(ch->parser, on_event, &f);
+        call_clear(&ch->pending); /* a call cut short is content already (tool_parse.h) */
+        ch->has_pending = false;
+    }
 }

@@ -84,7 +84,18 @@ const char *spud_chat_template_eos(const spud_chat_template *t) { return t->eos;
 spud_status spud_chat_render_ex(const spud_chat_template *t, json_object *messages,
                                 json_object *tools, bool add_generation_prompt,
                                 const spud_jinja_opts *opts, char **out, size_t *out_len) {
+    return spud_chat_render_taint(t, messages, tools, add_generation_prompt, opts, out, out_len, NULL);
+}
+
+/* The variables whose text is the model's own (from the GGUF file), not the conversation's. */
+static const char *const trusted_vars[] = {"bos_token", "eos_token", "add_generation_prompt", NULL};
+
+spud_status spud_chat_render_taint(const spud_chat_template *t, json_object *messages,
+                                   json_object *tools, bool add_generation_prompt,
+                                   const spud_jinja_opts *opts, char **out, size_t *out_len,
+                                   uint8_t **taint) {
     *out = NULL;
+    if (taint) *taint = NULL;
     if (!messages || json_object_get_type(messages) != json_type_array)
         return spud_errorf(SPUD_ERR_INVALID, "messages must be a JSON array");
     json_object *vars = json_object_new_object();
@@ -107,7 +118,8 @@ spud_status spud_chat_render_ex(const spud_chat_template *t, json_object *messag
         o.now = v;
         o.now_set = true;
     }
-    spud_status st = spud_jinja_render(t->tpl, vars, &o, out, out_len);
+    o.trusted = trusted_vars;
+    spud_status st = spud_jinja_render_taint(t->tpl, vars, &o, out, out_len, taint);
     json_object_put(vars);
     return st;
 }
@@ -115,4 +127,26 @@ spud_status spud_chat_render_ex(const spud_chat_template *t, json_object *messag
 spud_status spud_chat_render(const spud_chat_template *t, json_object *messages,
                              json_object *tools, bool add_generation_prompt, char **out) {
     return spud_chat_render_ex(t, messages, tools, add_generation_prompt, NULL, out, NULL);
+}
+
+spud_status spud_chat_tokenize(const spud_chat_template *t, const spud_tokenizer *tok, json_object *messages,
+                               json_object *tools, bool add_generation_prompt, bool add_special,
+                               int32_t **ids, size_t *n_ids) {
+    char *text;
+    size_t len;
+    uint8_t *taint;
+    *ids = NULL;
+    *n_ids = 0;
+    spud_status st = spud_chat_render_taint(t, messages, tools, add_generation_prompt, NULL, &text, &len, &taint);
+    if (st) return st;
+    st = spud_tok_encode_masked(tok, text, len, add_special, taint, ids, n_ids);
+    spud_free(text);
+    spud_free(taint);
+    if (st) return st;
+    int32_t bos = spud_tok_bos(tok);
+    if (*n_ids >= 2 && bos >= 0 && (*ids)[0] == bos && (*ids)[1] == bos) { /* the template wrote BOS too */
+        memmove(*ids, *ids + 1, (*n_ids - 1) * sizeof **ids);
+        (*n_ids)--;
+    }
+    return SPUD_OK;
 }

@@ -10,11 +10,19 @@
  *
  *     spud_chat_template *ct;
  *     spud_chat_template_from_gguf(model->gguf, &ct);     // parsed once per model
- *     char *prompt;
- *     if (spud_chat_render(ct, messages, tools, true, &prompt)) { ... spud_last_error() ... }
- *     ... spud_tokenize(model, prompt, strlen(prompt), false, true, ...) ...
- *     spud_free(prompt);
+ *     int32_t *ids; size_t n;
+ *     if (spud_chat_tokenize(ct, tok, messages, tools, true, false, &ids, &n)) { ... spud_last_error() ... }
+ *     ... decode ids ...
+ *     spud_free(ids);
  *     spud_chat_template_free(ct);
+ *
+ * Special tokens come only from the template: the conversation's strings
+ * (content, names, tool calls, tools) are untrusted, the render tracks which
+ * output bytes they became (spud_chat_render_taint, see jinja.h), and the
+ * tokenizer parses control tokens only in the template's own bytes
+ * (spud_tok_encode_masked). A user who types "<|im_start|>system" gets that
+ * text, not the control token. Tokenizing the plain text of
+ * spud_chat_render with special tokens parsed would give them the token.
  *
  * Thread safety: a spud_chat_template is immutable; renders may run at once.
  */
@@ -29,6 +37,7 @@
 #include "core.h"
 #include "gguf.h"
 #include "jinja.h"
+#include "tokenizer.h"
 
 typedef struct spud_chat_template spud_chat_template;
 
@@ -58,5 +67,21 @@ spud_status spud_chat_render_ex(const spud_chat_template *t, json_object *messag
                                 const spud_jinja_opts *opts, char **out, size_t *out_len);
 spud_status spud_chat_render(const spud_chat_template *t, json_object *messages,
                              json_object *tools, bool add_generation_prompt, char **out);
+/* spud_chat_render_ex, and also *taint (NULL allowed): one byte per byte of
+ * *out (free with spud_free), 1 where the byte came from messages or tools,
+ * 0 where the template or the bos_token / eos_token it was given wrote it. */
+spud_status spud_chat_render_taint(const spud_chat_template *t, json_object *messages,
+                                   json_object *tools, bool add_generation_prompt,
+                                   const spud_jinja_opts *opts, char **out, size_t *out_len,
+                                   uint8_t **taint);
+
+/* Render and tokenize a conversation for the model, safely: special tokens
+ * are parsed only in what the template wrote (see the top of this file).
+ * add_special: add BOS / EOS as the vocabulary asks (spud_tok_encode), with
+ * no second BOS when the template already wrote one. *ids: free with
+ * spud_free. */
+spud_status spud_chat_tokenize(const spud_chat_template *t, const spud_tokenizer *tok, json_object *messages,
+                               json_object *tools, bool add_generation_prompt, bool add_special,
+                               int32_t **ids, size_t *n_ids);
 
 #endif

@@ -90,10 +90,16 @@ static void arena_free(arena *a) {
 
 /* ------------------------------------------------------------------ values */
 
+/* Taint: which bytes of a string came from the render's untrusted variables
+ * (see spud_jinja_render_taint). TAINT_MASK strings keep one byte per byte
+ * (1: tainted) after the NUL, at s + len + 1. */
+enum { TAINT_NONE, TAINT_ALL, TAINT_MASK };
+
 typedef struct jstr {
     size_t len;
-    bool safe; /* markupsafe.Markup */
-    char s[];  /* NUL-terminated */
+    bool safe;     /* markupsafe.Markup */
+    uint8_t taint; /* TAINT_* */
+    char s[];      /* NUL-terminated */
 } jstr;
 
 /* A jstr literal with static storage (the same layout as jstr). */
@@ -101,8 +107,9 @@ typedef struct jstr {
     static const struct {                                                                          \
         size_t len;                                                                                \
         bool safe;                                                                                 \
+        uint8_t taint;                                                                             \
         char s[sizeof(lit)];                                                                       \
-    } var##_lit_ = {sizeof(lit) - 1, false, lit};                                                  \
+    } var##_lit_ = {sizeof(lit) - 1, false, TAINT_NONE, lit};                                                  \
     const jstr *const var = (const jstr *)(const void *)&var##_lit_
 
 typedef enum {
@@ -393,6 +400,7 @@ enum {
 typedef struct {
     char *p;
     size_t n, cap;
+    uint8_t *m; /* taint per byte, allocated (cap bytes) at the first tainted byte */
 } buf;
 
 typedef struct frame {
@@ -435,6 +443,7 @@ typedef struct {
     int64_t now;
     bool now_set;
     bool bind_failed; /* the last error was a call's arguments not fitting its signature */
+    const char *const *trusted; /* variables whose strings are clean (NULL-terminated) */
 } R;
 
 enum { FLOW_OK, FLOW_ERR, FLOW_BREAK, FLOW_CONTINUE };
@@ -474,6 +483,7 @@ static void *ralloc(R *r, size_t n) {
     return p;
 }
 
+/* Append n clean bytes. */
 static bool buf_put(R *r, buf *b, const char *s, size_t n) {
     if (n == 0) return true;
     if (b->n + n > r->max_output)
@@ -484,11 +494,45 @@ static bool buf_put(R *r, buf *b, const char *s, size_t n) {
         char *p = spud_realloc(b->p, cap);
         if (!p) return fail(r, SPUD_ERR_NOMEM, "out of memory");
         b->p = p;
+        if (b->m) {
+            uint8_t *m = spud_realloc(b->m, cap);
+            if (!m) return fail(r, SPUD_ERR_NOMEM, "out of memory");
+            b->m = m;
+        }
         b->cap = cap;
     }
     memcpy(b->p + b->n, s, n);
+    if (b->m) memset(b->m + b->n, 0, n);
     b->n += n;
     b->p[b->n] = '\0';
+    return true;
+}
+
+/* Mark bytes [from, b->n) tainted. */
+static bool buf_taint(R *r, buf *b, size_t from) {
+    if (from >= b->n) return true;
+    if (!b->m) {
+        b->m = spud_calloc(b->cap, 1);
+        if (!b->m) return fail(r, SPUD_ERR_NOMEM, "out of memory");
+    }
+    memset(b->m + from, 1, b->n - from);
+    return true;
+}
+
+static const uint8_t *str_mask(const jstr *s) { return (const uint8_t *)s->s + s->len + 1; }
+static bool str_byte_tainted(const jstr *s, size_t i) {
+    return s->taint == TAINT_ALL || (s->taint == TAINT_MASK && str_mask(s)[i]);
+}
+
+/* Append s's bytes [off, off + n) with their taint. */
+static bool buf_put_str(R *r, buf *b, const jstr *s, size_t off, size_t n) {
+    size_t at = b->n;
+    if (!buf_put(r, b, s->s + off, n)) return false;
+    if (s->taint == TAINT_ALL) return buf_taint(r, b, at);
+    if (s->taint == TAINT_MASK && n) {
+        if (!buf_taint(r, b, at)) return false;
+        memcpy(b->m + at, str_mask(s) + off, n);
+    }
     return true;
 }
 
@@ -496,23 +540,62 @@ static bool buf_puts(R *r, buf *b, const char *s) { return buf_put(r, b, s, strl
 static bool buf_putc(R *r, buf *b, char c) { return buf_put(r, b, &c, 1); }
 static void buf_free(buf *b) {
     spud_free(b->p);
+    spud_free(b->m);
     b->p = NULL;
+    b->m = NULL;
     b->n = b->cap = 0;
 }
 
+/* A clean string. */
 static jstr *str_new(R *r, const char *s, size_t n, bool safe) {
     jstr *j = ralloc(r, sizeof *j + n + 1);
     if (!j) return NULL;
     j->len = n;
     j->safe = safe;
+    j->taint = TAINT_NONE;
     if (n) memcpy(j->s, s, n);
     j->s[n] = '\0';
     return j;
 }
 
-/* The buffer's bytes as a string; frees the buffer. */
+/* s's bytes [off, off + n) as a string, with their taint. */
+static jstr *str_sub(R *r, const jstr *s, size_t off, size_t n, bool safe) {
+    bool mask = s->taint == TAINT_MASK && n;
+    jstr *j = ralloc(r, sizeof *j + n + 1 + (mask ? n : 0));
+    if (!j) return NULL;
+    j->len = n;
+    j->safe = safe;
+    j->taint = n ? s->taint : TAINT_NONE;
+    if (n) memcpy(j->s, s->s + off, n);
+    j->s[n] = '\0';
+    if (mask) memcpy(j->s + n + 1, str_mask(s) + off, n);
+    return j;
+}
+
+/* A string computed from src (a case change, an escape, ...) is tainted
+ * wholly when any byte of src is: the conservative rule for operations
+ * that do not keep bytes in place. out must be fresh (not a literal). */
+static void str_taint_from(jstr *out, const jstr *src) {
+    if (src->taint != TAINT_NONE && out->len) out->taint = TAINT_ALL;
+}
+
+/* The buffer's bytes (and their taint) as a string; frees the buffer. */
 static jstr *buf_finish(R *r, buf *b, bool safe) {
-    jstr *s = r->failed ? NULL : str_new(r, b->p ? b->p : "", b->n, safe);
+    jstr *s = NULL;
+    if (r->failed) goto done;
+    size_t n_taint = 0;
+    if (b->m)
+        for (size_t i = 0; i < b->n; i++) n_taint += b->m[i];
+    bool mask = n_taint && n_taint < b->n;
+    s = ralloc(r, sizeof *s + b->n + 1 + (mask ? b->n : 0));
+    if (!s) goto done;
+    s->len = b->n;
+    s->safe = safe;
+    s->taint = !n_taint ? TAINT_NONE : mask ? TAINT_MASK : TAINT_ALL;
+    if (b->n) memcpy(s->s, b->p, b->n);
+    s->s[b->n] = '\0';
+    if (mask) memcpy(s->s + b->n + 1, b->m, b->n);
+done:
     buf_free(b);
     return s;
 }
@@ -638,7 +721,15 @@ static bool py_printable(int32_t c) {
     }
 }
 
+static bool repr_str_clean(R *r, buf *b, const jstr *s);
+
+/* repr(s): escaped, so a tainted s taints all of it. */
 static bool repr_str(R *r, buf *b, const jstr *s) {
+    size_t at = b->n;
+    return repr_str_clean(r, b, s) && (s->taint == TAINT_NONE || buf_taint(r, b, at));
+}
+
+static bool repr_str_clean(R *r, buf *b, const jstr *s) {
     bool has_sq = memchr(s->s, '\'', s->len) != NULL, has_dq = memchr(s->s, '"', s->len) != NULL;
     char q = has_sq && !has_dq ? '"' : '\'';
     if (s->safe && !buf_puts(r, b, "Markup(")) return false;
@@ -687,7 +778,7 @@ static bool str_value(R *r, buf *b, value v, int depth) {
         snprintf(tmp, sizeof tmp, "%" PRId64, v.u.i);
         return buf_puts(r, b, tmp);
     case T_FLOAT: fmt_float(tmp, sizeof tmp, v.u.f); return buf_puts(r, b, tmp);
-    case T_STR: return buf_put(r, b, v.u.s->s, v.u.s->len);
+    case T_STR: return buf_put_str(r, b, v.u.s, 0, v.u.s->len);
     default: return repr_value(r, b, v, depth);
     }
 }
@@ -805,10 +896,16 @@ static bool json_newline(R *r, buf *b, const json_fmt *jf, int level) {
     return true;
 }
 
+/* A string as JSON: escaped, so a tainted s taints all of it. */
+static bool json_jstr(R *r, buf *b, const jstr *s, bool ascii) {
+    size_t at = b->n;
+    return json_str(r, b, s->s, s->len, ascii) && (s->taint == TAINT_NONE || buf_taint(r, b, at));
+}
+
 static bool json_key(R *r, buf *b, value k, bool ascii) {
     char tmp[64];
     switch (k.t) {
-    case T_STR: return json_str(r, b, k.u.s->s, k.u.s->len, ascii);
+    case T_STR: return json_jstr(r, b, k.u.s, ascii);
     case T_BOOL: return json_str(r, b, k.u.b ? "true" : "false", k.u.b ? 4 : 5, ascii);
     case T_NONE: return json_str(r, b, "null", 4, ascii);
     case T_INT:
@@ -850,7 +947,7 @@ static bool json_value(R *r, buf *b, value v, const json_fmt *jf, int level) {
         if (isinf(v.u.f)) return buf_puts(r, b, v.u.f < 0 ? "-Infinity" : "Infinity");
         fmt_float(tmp, sizeof tmp, v.u.f);
         return buf_puts(r, b, tmp);
-    case T_STR: return json_str(r, b, v.u.s->s, v.u.s->len, jf->ascii);
+    case T_STR: return json_jstr(r, b, v.u.s, jf->ascii);
     case T_LIST: {
         const jlist *l = v.u.l;
         if (v.flag > 1) /* a generator or a dict view */
@@ -994,6 +1091,7 @@ static jstr *pstr(P *p, const char *s, size_t n) {
     if (!j) return NULL;
     j->len = n;
     j->safe = false;
+    j->taint = TAINT_NONE;
     if (n) memcpy(j->s, s, n);
     j->s[n] = '\0';
     return j;
@@ -1120,6 +1218,7 @@ static jstr *unescape(P *p, const char *s, size_t n, int line) {
     if (!j) return NULL;
     j->len = k;
     j->safe = false;
+    j->taint = TAINT_NONE;
     memcpy(j->s, o, k);
     j->s[k] = '\0';
     return j;
@@ -1607,6 +1706,7 @@ static node *parse_primary(P *p) {
             if (!c) return NULL;
             c->len = s->len + s2->len;
             c->safe = false;
+            c->taint = TAINT_NONE;
             memcpy(c->s, s->s, s->len);
             memcpy(c->s + s->len, s2->s, s2->len + 1);
             s = c;
@@ -2822,7 +2922,7 @@ static bool get_item(R *r, value obj, value key, value *out) {
                 return true;
             }
             size_t a = cp_offset(obj.u.s, (size_t)i), b = cp_offset(obj.u.s, (size_t)i + 1);
-            jstr *c = str_new(r, obj.u.s->s + a, b - a, obj.u.s->safe);
+            jstr *c = str_sub(r, obj.u.s, a, b - a, obj.u.s->safe);
             if (!c) return false;
             *out = v_str(c);
             return true;
@@ -2869,7 +2969,7 @@ static bool iterate(R *r, value v, const value **items, size_t *n) {
         for (size_t i = 0; i < s->len;) {
             int32_t c;
             int l = u8_dec(s->s + i, s->len - i, &c);
-            jstr *ch = str_new(r, s->s + i, (size_t)l, false); /* iter(Markup) yields str */
+            jstr *ch = str_sub(r, s, i, (size_t)l, false); /* iter(Markup) yields str */
             if (!ch) return false;
             out[k++] = v_str(ch);
             i += (size_t)l;
@@ -2914,11 +3014,13 @@ static bool html_escape(R *r, const jstr *s, const jstr **out) {
         default: break;
         }
         if (e) {
-            if (!buf_put(r, &b, s->s + run, i - run) || !buf_puts(r, &b, e)) goto fail;
+            if (!buf_put_str(r, &b, s, run, i - run)) goto fail;
+            size_t at = b.n;
+            if (!buf_puts(r, &b, e) || (str_byte_tainted(s, i) && !buf_taint(r, &b, at))) goto fail;
             run = i + 1;
         }
     }
-    if (!buf_put(r, &b, s->s + run, s->len - run)) goto fail;
+    if (!buf_put_str(r, &b, s, run, s->len - run)) goto fail;
     return (*out = buf_finish(r, &b, true)) != NULL;
 fail:
     buf_free(&b);
@@ -2929,13 +3031,28 @@ static bool str_concat(R *r, const jstr *a, const jstr *b, bool safe, value *out
     if (!step(r, (a->len + b->len) / 256)) return false;
     if (a->len + b->len > r->max_output)
         return fail(r, SPUD_ERR_RANGE, "string longer than %zu bytes", r->max_output);
-    jstr *c = ralloc(r, sizeof *c + a->len + b->len + 1);
+    size_t n = a->len + b->len;
+    /* taint: all of it, none of it, or a mask that keeps each byte's */
+    int ta = a->len ? a->taint : b->taint, tb = b->len ? b->taint : a->taint;
+    int taint = ta == tb && ta != TAINT_MASK ? ta : TAINT_MASK;
+    jstr *c = ralloc(r, sizeof *c + n + 1 + (taint == TAINT_MASK ? n : 0));
     if (!c) return false;
-    c->len = a->len + b->len;
+    c->len = n;
     c->safe = safe;
+    c->taint = (uint8_t)taint;
     memcpy(c->s, a->s, a->len);
     memcpy(c->s + a->len, b->s, b->len);
     c->s[c->len] = '\0';
+    if (taint == TAINT_MASK) {
+        uint8_t *m = (uint8_t *)c->s + n + 1;
+        const jstr *part[2] = {a, b};
+        for (int k = 0; k < 2; k++) {
+            const jstr *x = part[k];
+            if (x->taint == TAINT_MASK) memcpy(m, str_mask(x), x->len);
+            else memset(m, x->taint == TAINT_ALL, x->len);
+            m += x->len;
+        }
+    }
     *out = v_str(c);
     return true;
 }
@@ -3009,6 +3126,7 @@ static bool binop(R *r, int op, value a, value b, value *out) {
                 if (!c) return false;
                 c->len = s->len * (size_t)k;
                 c->safe = s->safe;
+                c->taint = c->len && s->taint ? TAINT_ALL : TAINT_NONE;
                 for (int64_t i = 0; i < k; i++) memcpy(c->s + (size_t)i * s->len, s->s, s->len);
                 c->s[c->len] = '\0';
                 *out = v_str(c);
@@ -3295,7 +3413,7 @@ static bool make_slice(R *r, value obj, value vs, value ve, value vst, value *ou
         offs[k] = s->len;
         buf b = {0};
         for (int64_t j = 0, i = lo; j < cnt; j++, i += stp)
-            if (!buf_put(r, &b, s->s + offs[i], offs[i + 1] - offs[i])) {
+            if (!buf_put_str(r, &b, s, offs[i], offs[i + 1] - offs[i])) {
                 buf_free(&b);
                 return false;
             }
@@ -3471,9 +3589,9 @@ static bool eval(R *r, const node *x, value *out) {
 
 /* ------------------------------------------------------------------ evaluator: statements */
 
-static bool emit(R *r, const char *s, size_t n) {
-    if (!step(r, 1 + n / 256)) return false;
-    return buf_put(r, r->out, s, n);
+static bool emit(R *r, const jstr *s) {
+    if (!step(r, 1 + s->len / 256)) return false;
+    return buf_put_str(r, r->out, s, 0, s->len);
 }
 
 static bool assign(R *r, const node *target, value v) {
@@ -3605,10 +3723,10 @@ static int exec(R *r, const node *x) {
             if (fl != FLOW_OK) return fl;
         }
         return FLOW_OK;
-    case S_TEXT: return emit(r, x->v.u.s->s, x->v.u.s->len) ? FLOW_OK : FLOW_ERR;
+    case S_TEXT: return emit(r, x->v.u.s) ? FLOW_OK : FLOW_ERR;
     case S_OUT: {
         if (!eval(r, x->a, &v)) return FLOW_ERR;
-        if (v.t == T_STR) return emit(r, v.u.s->s, v.u.s->len) ? FLOW_OK : FLOW_ERR;
+        if (v.t == T_STR) return emit(r, v.u.s) ? FLOW_OK : FLOW_ERR;
         return str_value(r, r->out, v, 0) ? FLOW_OK : FLOW_ERR;
     }
     case S_IF:
@@ -3788,6 +3906,14 @@ static bool mk_str(R *r, const char *s, size_t n, bool safe, value *out) {
     return true;
 }
 
+/* s's bytes [off, off + n), with their taint. */
+static bool sub_str(R *r, const jstr *s, size_t off, size_t n, bool safe, value *out) {
+    jstr *j = str_sub(r, s, off, n, safe);
+    if (!j) return false;
+    *out = v_str(j);
+    return true;
+}
+
 static bool is_cased(int32_t c) {
     utf8proc_category_t k = utf8proc_category(c);
     return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
@@ -3845,6 +3971,7 @@ static bool str_case(R *r, const jstr *s, int mode, value *out) {
     }
     jstr *res = buf_finish(r, &b, s->safe);
     if (!res) return false;
+    str_taint_from(res, s);
     *out = v_str(res);
     return true;
 }
@@ -3882,7 +4009,7 @@ static bool str_strip(R *r, const jstr *s, const jstr *chars, int which, value *
         *out = v_str(s);
         return true;
     }
-    return mk_str(r, s->s + a, b - a, s->safe, out);
+    return sub_str(r, s, a, b - a, s->safe, out);
 }
 
 static bool list_push(R *r, value **v, size_t *n, size_t *cap, value x) {
@@ -3921,7 +4048,7 @@ static bool str_split(R *r, const jstr *s, const jstr *sep, int64_t maxsplit, bo
                 if (i >= s->len) break;
                 if (maxsplit >= 0 && (int64_t)n >= maxsplit) {
                     /* Python keeps the remainder's trailing whitespace */
-                    if (!mk_str(r, s->s + i, s->len - i, s->safe, &piece)) return false;
+                    if (!sub_str(r, s, i, s->len - i, s->safe, &piece)) return false;
                     if (!list_push(r, &items, &n, &cap, piece)) return false;
                     break;
                 }
@@ -3930,7 +4057,7 @@ static bool str_split(R *r, const jstr *s, const jstr *sep, int64_t maxsplit, bo
                     int32_t c;
                     j += (size_t)u8_dec(s->s + j, s->len - j, &c);
                 }
-                if (!mk_str(r, s->s + i, j - i, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
+                if (!sub_str(r, s, i, j - i, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
                     return false;
                 i = j;
             }
@@ -3940,7 +4067,7 @@ static bool str_split(R *r, const jstr *s, const jstr *sep, int64_t maxsplit, bo
                                       ? NULL
                                       : memmem(s->s + i, s->len - i, sep->s, sep->len);
                 size_t e = hit ? (size_t)(hit - s->s) : s->len;
-                if (!mk_str(r, s->s + i, e - i, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
+                if (!sub_str(r, s, i, e - i, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
                     return false;
                 if (!hit) break;
                 i = e + sep->len;
@@ -3961,7 +4088,7 @@ static bool str_split(R *r, const jstr *s, const jstr *sep, int64_t maxsplit, bo
             }
             if (e == 0) break;
             if (maxsplit >= 0 && (int64_t)n >= maxsplit) {
-                if (!mk_str(r, s->s, e, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
+                if (!sub_str(r, s, 0, e, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
                     return false;
                 break;
             }
@@ -3972,7 +4099,7 @@ static bool str_split(R *r, const jstr *s, const jstr *sep, int64_t maxsplit, bo
                 if (space_at(s->s, s->len, j)) break;
                 b = j;
             }
-            if (!mk_str(r, s->s + b, e - b, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
+            if (!sub_str(r, s, b, e - b, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
                 return false;
             e = b;
         }
@@ -3986,7 +4113,7 @@ static bool str_split(R *r, const jstr *s, const jstr *sep, int64_t maxsplit, bo
                         break;
                     }
             size_t b = hit ? (size_t)(hit - s->s) + sep->len : 0;
-            if (!mk_str(r, s->s + b, e - b, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
+            if (!sub_str(r, s, b, e - b, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
                 return false;
             if (!hit) break;
             e = (size_t)(hit - s->s);
@@ -4010,13 +4137,14 @@ static bool str_replace(R *r, const jstr *s, const jstr *old, const jstr *new, i
     if (old->len == 0) { /* insert between every character */
         for (size_t i = 0; i <= s->len;) {
             if (count < 0 || done < count) {
-                if (!buf_put(r, &b, new->s, new->len)) goto fail;
+                size_t at = b.n;
+                if (!buf_put_str(r, &b, new, 0, new->len) || (s->taint && !buf_taint(r, &b, at))) goto fail;
                 done++;
             }
             if (i == s->len) break;
             int32_t c;
             int k = u8_dec(s->s + i, s->len - i, &c);
-            if (!buf_put(r, &b, s->s + i, (size_t)k)) goto fail;
+            if (!buf_put_str(r, &b, s, i, (size_t)k)) goto fail;
             i += (size_t)k;
         }
     } else {
@@ -4025,15 +4153,18 @@ static bool str_replace(R *r, const jstr *s, const jstr *old, const jstr *new, i
             const char *hit = (count >= 0 && done >= count) ? NULL : memmem(s->s + i, s->len - i, old->s, old->len);
             if (!hit) break;
             size_t at = (size_t)(hit - s->s);
-            if (!buf_put(r, &b, s->s + i, at - i) || !buf_put(r, &b, new->s, new->len)) goto fail;
+            if (!buf_put_str(r, &b, s, i, at - i)) goto fail;
+            size_t from = b.n; /* what goes into a tainted string is tainted */
+            if (!buf_put_str(r, &b, new, 0, new->len) || (s->taint && !buf_taint(r, &b, from))) goto fail;
             i = at + old->len;
             done++;
         }
-        if (!buf_put(r, &b, s->s + i, s->len - i)) goto fail;
+        if (!buf_put_str(r, &b, s, i, s->len - i)) goto fail;
     }
     {
         jstr *res = buf_finish(r, &b, safe);
         if (!res) return false;
+        str_taint_from(res, old); /* where the cuts fall is the old string's choice */
         *out = v_str(res);
         return true;
     }
@@ -4049,7 +4180,7 @@ static bool str_join(R *r, const jstr *sep, const value *items, size_t n, bool s
             buf_free(&b);
             return FAIL(r, "sequence item %zu: expected str instance, %s found", i, tname(items[i]));
         }
-        if ((i && !buf_put(r, &b, sep->s, sep->len)) || !str_value(r, &b, items[i], 0)) {
+        if ((i && !buf_put_str(r, &b, sep, 0, sep->len)) || !str_value(r, &b, items[i], 0)) {
             buf_free(&b);
             return false;
         }
@@ -4067,7 +4198,7 @@ static bool str_splitlines(R *r, const jstr *s, bool keepends, value *out) {
     while (i < s->len) {
         int k = linebreak_at(s->s, s->len, i);
         if (k) {
-            if (!mk_str(r, s->s + start, (keepends ? i + (size_t)k : i) - start, s->safe, &piece) ||
+            if (!sub_str(r, s, start, (keepends ? i + (size_t)k : i) - start, s->safe, &piece) ||
                 !list_push(r, &items, &n, &cap, piece))
                 return false;
             i += (size_t)k;
@@ -4077,7 +4208,7 @@ static bool str_splitlines(R *r, const jstr *s, bool keepends, value *out) {
         }
     }
     if (start < s->len)
-        if (!mk_str(r, s->s + start, s->len - start, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
+        if (!sub_str(r, s, start, s->len - start, s->safe, &piece) || !list_push(r, &items, &n, &cap, piece))
             return false;
     *out = list_value(r, items, n, L_LIST);
     return out->t == T_LIST;
@@ -4175,10 +4306,7 @@ static bool percent_format(R *r, const jstr *fmt, value args, value *out) {
         }
         char conv = fmt->s[i], tmp[512];
         if (conv == 's' || conv == 'r' || conv == 'a') {
-            buf sb = {0};
-            bool ok = conv == 's' ? str_value(r, &sb, arg, 0) : repr_value(r, &sb, arg, 0);
-            if (ok) ok = buf_put(r, &b, sb.p ? sb.p : "", sb.n);
-            buf_free(&sb);
+            bool ok = conv == 's' ? str_value(r, &b, arg, 0) : repr_value(r, &b, arg, 0);
             if (!ok) goto fail;
         } else if (strchr("diouxXeEfFgG", conv)) {
             if (!is_num(arg)) {
@@ -4212,6 +4340,7 @@ static bool percent_format(R *r, const jstr *fmt, value args, value *out) {
     {
         jstr *res = buf_finish(r, &b, false);
         if (!res) return false;
+        str_taint_from(res, fmt);
         *out = v_str(res);
         return true;
     }
@@ -4449,9 +4578,9 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
             jstr *head, *tail;
             int32_t c0;
             size_t k0 = (size_t)u8_dec(str->s + i, str->len - i, &c0);
-            if (!(head = str_new(r, str->s + i, k0, false)) || !(tail = str_new(r, str->s + i + k0, j - i - k0, false)) ||
+            if (!(head = str_sub(r, str, i, k0, false)) || !(tail = str_sub(r, str, i + k0, j - i - k0, false)) ||
                 !str_case(r, head, CASE_UPPER, &a) || !str_case(r, tail, CASE_LOWER, &bb) ||
-                !buf_put(r, &b, a.u.s->s, a.u.s->len) || !buf_put(r, &b, bb.u.s->s, bb.u.s->len))
+                !buf_put_str(r, &b, a.u.s, 0, a.u.s->len) || !buf_put_str(r, &b, bb.u.s, 0, bb.u.s->len))
                 goto title_fail;
             i = j;
         }
@@ -4522,7 +4651,7 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
         NOARGS(name->s);
         if (!soft_str(r, v, &str)) return false;
         if (id == F_FORCEESCAPE && str->safe) {
-            jstr *c = str_new(r, str->s, str->len, false);
+            jstr *c = str_sub(r, str, 0, str->len, false);
             if (!c) return false;
             str = c;
         }
@@ -4585,6 +4714,7 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
             if (!sp) return false;
             sp->len = (size_t)w;
             sp->safe = false;
+            sp->taint = TAINT_NONE;
             memset(sp->s, ' ', (size_t)w);
             sp->s[w] = '\0';
             ind = sp;
@@ -4599,14 +4729,14 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
         if (!str_splitlines(r, withnl.u.s, false, &lines)) return false;
         buf b = {0};
         bool ok = true;
-        if (first) ok = buf_put(r, &b, ind->s, ind->len);
+        if (first) ok = buf_put_str(r, &b, ind, 0, ind->len);
         for (size_t i = 0; ok && i < lines.u.l->n; i++) {
             const jstr *ln = lines.u.l->v[i].u.s;
             if (i > 0) {
                 ok = buf_putc(r, &b, '\n');
-                if (ok && (blank || ln->len)) ok = buf_put(r, &b, ind->s, ind->len);
+                if (ok && (blank || ln->len)) ok = buf_put_str(r, &b, ind, 0, ind->len);
             }
-            if (ok) ok = buf_put(r, &b, ln->s, ln->len);
+            if (ok) ok = buf_put_str(r, &b, ln, 0, ln->len);
         }
         if (!ok) {
             buf_free(&b);
@@ -4783,7 +4913,7 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
             *out = v_str(str);
             return true;
         }
-        return mk_str(r, str->s, str->len, true, out);
+        return sub_str(r, str, 0, str->len, true, out);
     }
     case F_SORT: {
         BIND("sort", "reverse", "case_sensitive", "attribute");
@@ -4859,6 +4989,7 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
                 if (!sp) return false;
                 sp->len = (size_t)w;
                 sp->safe = false;
+                sp->taint = TAINT_NONE;
                 memset(sp->s, ' ', (size_t)w);
                 sp->s[w] = '\0';
                 jf.indent = sp;
@@ -4886,6 +5017,12 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
         }
         jstr *res = buf_finish(r, &b, false);
         if (!res) return false;
+        /* separators and indent strings from the input taint the whole text */
+        if (jf.indent) str_taint_from(res, jf.indent);
+        if (given(s[2]) && s[2].t != T_NONE) {
+            str_taint_from(res, s[2].u.l->v[0].u.s);
+            str_taint_from(res, s[2].u.l->v[1].u.s);
+        }
         *out = v_str(res);
         return true;
     }
@@ -4942,7 +5079,7 @@ static bool apply_filter_now(R *r, int id, const jstr *name, value v, args_t *a,
         buf b = {0};
         bool ok = true;
         for (int64_t i = 0; ok && i < left; i++) ok = buf_putc(r, &b, ' ');
-        if (ok) ok = buf_put(r, &b, v.u.s->s, v.u.s->len);
+        if (ok) ok = buf_put_str(r, &b, v.u.s, 0, v.u.s->len);
         for (int64_t i = 0; ok && i < marg - left; i++) ok = buf_putc(r, &b, ' ');
         if (!ok) {
             buf_free(&b);
@@ -5265,7 +5402,11 @@ static bool call_global(R *r, int id, args_t *a, value *out) {
         char *tmp = ralloc(r, cap);
         if (!tmp) return false;
         size_t n = fmt->len ? strftime(tmp, cap, fmt->s, &tm) : 0;
-        return mk_str(r, tmp, n, false, out);
+        jstr *res = str_new(r, tmp, n, false);
+        if (!res) return false;
+        str_taint_from(res, fmt);
+        *out = v_str(res);
+        return true;
     }
     case FN_JOINER: {
         static const char *const params[] = {"sep"};
@@ -5480,7 +5621,7 @@ static bool call_method(R *r, int id, value self, args_t *a, value *out) {
         if (!given(s[0]) || s[0].t != T_STR) return FAIL(r, "removeprefix() argument must be str");
         const jstr *p = s[0].u.s;
         if (p->len <= str->len && memcmp(str->s + (id == M_REMOVEPREFIX ? 0 : str->len - p->len), p->s, p->len) == 0)
-            return mk_str(r, str->s + (id == M_REMOVEPREFIX ? p->len : 0), str->len - p->len, str->safe, out);
+            return sub_str(r, str, id == M_REMOVEPREFIX ? p->len : 0, str->len - p->len, str->safe, out);
         *out = self;
         return true;
     }
@@ -5561,7 +5702,23 @@ static bool call_func(R *r, jfunc *fn, args_t *a, value *out) {
 
 /* ------------------------------------------------------------------ JSON in */
 
-static bool from_json(R *r, json_object *j, value *out, int depth) {
+static bool trusted_name(const R *r, int depth, const char *key) {
+    if (depth > 0 || !r->trusted) return false;
+    for (const char *const *t = r->trusted; *t; t++)
+        if (!strcmp(*t, key)) return true;
+    return false;
+}
+
+/* A JSON string as a value: tainted wholly when it comes from an untrusted variable. */
+static bool json_in_str(R *r, const char *s, size_t n, bool tainted, value *out) {
+    jstr *j = str_new(r, s, n, false);
+    if (!j) return false;
+    if (tainted && n) j->taint = TAINT_ALL;
+    *out = v_str(j);
+    return true;
+}
+
+static bool from_json(R *r, json_object *j, value *out, bool tainted, int depth) {
     if (depth > 512) return FAIL(r, "JSON input nested too deeply");
     if (!step(r, 1)) return false;
     switch (json_object_get_type(j)) {
@@ -5573,14 +5730,14 @@ static bool from_json(R *r, json_object *j, value *out, int depth) {
         const char *s = json_object_get_string(j);
         size_t n = (size_t)json_object_get_string_len(j);
         if (!u8_valid(s, n)) return FAIL(r, "JSON input has a string that is not valid UTF-8");
-        return mk_str(r, s, n, false, out);
+        return json_in_str(r, s, n, tainted, out);
     }
     case json_type_array: {
         size_t n = json_object_array_length(j);
         jlist *l = list_new(r, n);
         if (!l) return false;
         for (size_t i = 0; i < n; i++)
-            if (!from_json(r, json_object_array_get_idx(j, i), &l->v[i], depth + 1)) return false;
+            if (!from_json(r, json_object_array_get_idx(j, i), &l->v[i], tainted, depth + 1)) return false;
         *out = v_list(l, L_LIST);
         return true;
     }
@@ -5590,7 +5747,9 @@ static bool from_json(R *r, json_object *j, value *out, int depth) {
         json_object_object_foreach(j, key, val) {
             value k, v;
             if (!u8_valid(key, strlen(key))) return FAIL(r, "JSON input has a key that is not valid UTF-8");
-            if (!mk_str(r, key, strlen(key), false, &k) || !from_json(r, val, &v, depth + 1) ||
+            /* the variables' own names (depth 0) are the template's to know */
+            bool t = tainted && !trusted_name(r, depth, key);
+            if (!json_in_str(r, key, strlen(key), tainted && depth > 0, &k) || !from_json(r, val, &v, t, depth + 1) ||
                 !dict_set(r, d, k, v))
                 return false;
         }
@@ -5662,8 +5821,15 @@ void spud_jinja_free(spud_jinja_template *t) {
 
 spud_status spud_jinja_render(const spud_jinja_template *t, json_object *vars,
                               const spud_jinja_opts *opts, char **out, size_t *out_len) {
+    return spud_jinja_render_taint(t, vars, opts, out, out_len, NULL);
+}
+
+spud_status spud_jinja_render_taint(const spud_jinja_template *t, json_object *vars,
+                                    const spud_jinja_opts *opts, char **out, size_t *out_len,
+                                    uint8_t **taint) {
     *out = NULL;
     if (out_len) *out_len = 0;
+    if (taint) *taint = NULL;
     spud_jinja_opts o = opts ? *opts : (spud_jinja_opts){0};
     R r = {0};
     buf b = {0};
@@ -5673,6 +5839,7 @@ spud_status spud_jinja_render(const spud_jinja_template *t, json_object *vars,
     r.a.limit = o.max_memory ? o.max_memory : JJ_DEFAULT_MEMORY;
     r.now = o.now;
     r.now_set = o.now_set;
+    r.trusted = o.trusted;
     r.out = &b;
     r.line = 1;
     if (vars) {
@@ -5681,7 +5848,7 @@ spud_status spud_jinja_render(const spud_jinja_template *t, json_object *vars,
             arena_free(&r.a);
             return spud_errorf(SPUD_ERR_INVALID, "template variables must be a JSON object");
         }
-        if (!from_json(&r, vars, &v, 0)) goto fail;
+        if (!from_json(&r, vars, &v, true, 0)) goto fail;
         r.vars = v.u.d;
     }
     if (!(r.f = frame_new(&r, NULL))) goto fail;
@@ -5689,12 +5856,22 @@ spud_status spud_jinja_render(const spud_jinja_template *t, json_object *vars,
     arena_free(&r.a);
     if (!b.p) {
         b.p = spud_malloc(1);
-        if (!b.p) return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+        if (!b.p) goto nomem;
         b.p[0] = '\0';
     }
+    if (taint) {
+        if (!b.m) b.m = spud_calloc(b.n + 1, 1);
+        if (!b.m) goto nomem;
+        *taint = b.m;
+        b.m = NULL;
+    }
+    spud_free(b.m);
     *out = b.p;
     if (out_len) *out_len = b.n;
     return SPUD_OK;
+nomem:
+    buf_free(&b);
+    return spud_errorf(SPUD_ERR_NOMEM, "out of memory");
 fail:
     buf_free(&b);
     arena_free(&r.a);

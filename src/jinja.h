@@ -44,6 +44,10 @@ typedef struct {
     int64_t now;         /* strftime_now time (seconds since the epoch, UTC);
                             used when now_set, else the local time now */
     bool now_set;
+    /* Names of variables whose strings are the template's own, like the
+     * template text (NULL-terminated list; NULL: none). See
+     * spud_jinja_render_taint. */
+    const char *const *trusted;
 } spud_jinja_opts;
 
 /* Parse a template (any bytes; it must be valid UTF-8). Syntax errors give
@@ -57,5 +61,21 @@ void spud_jinja_free(spud_jinja_template *t);
  * SPUD_ERR_INVALID, a bound exceeded SPUD_ERR_RANGE, each with "line N: ...". */
 spud_status spud_jinja_render(const spud_jinja_template *t, json_object *vars,
                               const spud_jinja_opts *opts, char **out, size_t *out_len);
+
+/* spud_jinja_render, and also *taint: an allocation (free with spud_free) of
+ * *out_len bytes (at least 1), one per output byte, 1 where the byte came
+ * from an untrusted variable, 0 where the template wrote it.
+ *
+ * Every string inside `vars` (dict keys included) is untrusted, except
+ * under the top-level names in opts->trusted. Taint follows the bytes:
+ * concatenation (+, ~, join, format, indent, center), slicing, indexing,
+ * iteration, split, splitlines, strip/trim, replace and removeprefix keep
+ * each byte's own taint; operations that rewrite characters (case changes,
+ * escapes, repr, tojson) taint their whole result when any input byte is
+ * tainted. Numbers, booleans and none carry no taint (they print only
+ * digits and fixed words), nor does which branch a condition takes. */
+spud_status spud_jinja_render_taint(const spud_jinja_template *t, json_object *vars,
+                                    const spud_jinja_opts *opts, char **out, size_t *out_len,
+                                    uint8_t **taint);
 
 #endif

@@ -2348,16 +2348,19 @@ static bool is_c_space(uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r');
 
 /* Cut special tokens out of the text leftmost-longest (as Hugging Face's
  * added-token splitter and tiktoken do) and tokenize the raw text between
- * them. A token with lstrip/rstrip also takes the white space beside it. */
+ * them. A token with lstrip/rstrip also takes the white space beside it.
+ * With a taint mask, control and unknown tokens match only where none of
+ * their bytes is tainted (user-defined ones match anywhere, as always). */
 static spud_status encode_text(const spud_tokenizer *t, scratch *s, const uint8_t *text, size_t len,
-                               bool parse_special) {
-    uint16_t active = ATTR_USER_DEFINED | (parse_special ? ATTR_CONTROL | ATTR_UNKNOWN : 0);
-    const bool *first = parse_special ? t->first_special : t->first_user;
+                               bool parse_special, const uint8_t *taint) {
+    const uint16_t special = parse_special ? ATTR_CONTROL | ATTR_UNKNOWN : 0;
     bool prev_special = true;
     spud_status st;
     size_t start = 0;
     if (t->n_nodes && (parse_special || t->has_user_defined)) {
         for (size_t i = 0; i < len;) {
+            bool clean = !taint || !taint[i];
+            const bool *first = parse_special && clean ? t->first_special : t->first_user;
             if (!first[text[i]]) {
                 i++;
                 continue;
@@ -2367,6 +2370,8 @@ static spud_status encode_text(const spud_tokenizer *t, scratch *s, const uint8_
             for (size_t j = i; j < len; j++) {
                 node = u64map_get(&t->trie, (uint64_t)node << 8 | text[j]);
                 if (node < 0) break;
+                if (taint && taint[j]) clean = false;
+                uint16_t active = ATTR_USER_DEFINED | (clean ? special : 0);
                 int32_t id = t->node_id[node];
                 if (id >= 0 && (t->attr[id] & active)) best = id, best_len = j + 1 - i;
             }
@@ -2391,8 +2396,8 @@ static spud_status encode_text(const spud_tokenizer *t, scratch *s, const uint8_
     return raw_fragment(t, s, text + start, len - start, &prev_special);
 }
 
-spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
-                            bool parse_special, int32_t **ids, size_t *n_ids) {
+static spud_status encode(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
+                          bool parse_special, const uint8_t *taint, int32_t **ids, size_t *n_ids) {
     scratch s;
     spud_status st = SPUD_OK;
     *ids = NULL;
@@ -2405,7 +2410,7 @@ spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t le
         int32_t first = t->kind == TOK_WPM ? t->cls : t->bos;
         if (first >= 0 && !push_id(&s, first)) goto oom;
     }
-    if ((st = encode_text(t, &s, (const uint8_t *)text, len, parse_special))) goto fail;
+    if ((st = encode_text(t, &s, (const uint8_t *)text, len, parse_special, taint))) goto fail;
     if (add_special && t->kind == TOK_WPM && t->add_sep && t->sep >= 0 && !push_id(&s, t->sep)) goto oom;
     if (add_special && t->add_eos && t->eos >= 0 && !push_id(&s, t->eos)) goto oom;
     *ids = s.ids;
@@ -2420,6 +2425,16 @@ fail:
     return st;
 }
 
+spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
+                            bool parse_special, int32_t **ids, size_t *n_ids) {
+    return encode(t, text, len, add_special, parse_special, NULL, ids, n_ids);
+}
+
+spud_status spud_tok_encode_masked(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
+                                   const uint8_t *taint, int32_t **ids, size_t *n_ids) {
+    return encode(t, text, len, add_special, true, taint, ids, n_ids);
+}
+
 spud_status spud_tok_pre_tokenize(const spud_tokenizer *t, const char *text, size_t len,
                                   void (*fn)(void *ud, const char *piece, size_t len), void *ud) {
     scratch s;
@@ -2428,7 +2443,7 @@ spud_status spud_tok_pre_tokenize(const spud_tokenizer *t, const char *text, siz
     memset(&s, 0, sizeof s);
     s.collect = fn;
     s.collect_ud = ud;
-    spud_status st = encode_text(t, &s, (const uint8_t *)text, len, false);
+    spud_status st = encode_text(t, &s, (const uint8_t *)text, len, false, NULL);
     scratch_free(&s);
     return st;
 }

@@ -96,6 +96,17 @@ size_t spud_tok_max_piece_len(const spud_tokenizer *t);
 spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t len,
                             bool add_special, bool parse_special, int32_t **ids, size_t *n_ids);
 
+/* spud_tok_encode with special tokens parsed only in trusted bytes: taint
+ * holds one byte per byte of text (NULL: all trusted), nonzero where the
+ * byte came from untrusted input (message content). A control or unknown
+ * token is recognised only where none of its bytes is tainted; tainted text
+ * is encoded as parse_special = false would encode it, so "<|im_start|>"
+ * typed by a user stays plain text. User-defined tokens are cut out
+ * everywhere, as always. What a chat prompt is tokenized with (see
+ * spud_chat_tokenize). */
+spud_status spud_tok_encode_masked(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
+                                   const uint8_t *taint, int32_t **ids, size_t *n_ids);
+
 /* Call fn for each word the model step sees, in order, without encoding:
  * the pre-tokenizer's pieces ("gpt2", after UTF-8 repair and normalization),
  * the U+2581-escaped segments ("llama"), the normalized words ("bert"). User-

@@ -114,15 +114,19 @@ static int turn(chat *ch) {
     spud_detok dt;
     const char *stop = "end of turn";
 
-    if (spud_chat_render(ch->ct, ch->msgs, NULL, true, &prompt)) {
+    size_t plen;
+    uint8_t *taint = NULL;
+    if (spud_chat_render_taint(ch->ct, ch->msgs, NULL, true, NULL, &prompt, &plen, &taint)) {
         cli_error(CMD, "%s", spud_last_error());
         return 1; /* the template refused this conversation: drop the message */
     }
-    size_t plen = strlen(prompt);
     const char *bos = spud_chat_template_bos(ch->ct);
     /* add BOS as the tokenizer asks, unless the template already wrote it */
     bool add_bos = !(bos[0] && strncmp(prompt, bos, strlen(bos)) == 0);
-    if (spud_tokenize(m, prompt, plen, add_bos, true, &ids, &n_ids)) {
+    /* control tokens only where the template wrote them, never from what the user typed */
+    spud_status st = spud_tok_encode_masked(m->tok, prompt, plen, add_bos, taint, &ids, &n_ids);
+    spud_free(taint);
+    if (st) {
         cli_error(CMD, "%s", spud_last_error());
         goto done;
     }

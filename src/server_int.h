@@ -236,6 +236,12 @@ bool srv_check_messages(json_object *messages, const char *param, srv_error *e);
  * apply_chat_template expects. */
 bool srv_tokenize_prompt(spud_server *s, const char *text, size_t len, bool add_special, const char *param,
                          int32_t **ids, size_t *n_ids, srv_error *e);
+/* A chat prompt's tokens (srv_render_chat with the generation prompt, then
+ * srv_tokenize_prompt's checks), special tokens parsed only in the bytes the
+ * template wrote: message content that spells "<|im_start|>" stays text.
+ * *text (when text is not NULL): the prompt text, free with spud_free. */
+bool srv_chat_tokens(spud_server *s, json_object *messages, json_object *tools, const char *param, char **text,
+                     size_t *len, int32_t **ids, size_t *n_ids, srv_error *e);
 json_object *srv_usage_json(const srv_gen *g, bool responses);
 /* Per API: build the request, stream events, final JSON. */
 bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **g, srv_error *e);

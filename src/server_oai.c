@@ -76,6 +76,7 @@ typedef struct {
     char *p;
     size_t n, cap;
     bool oom;
+    uint8_t *taint; /* render_chatml: 1 per byte the conversation wrote (allocated by tb_user) */
 } tbuf;
 
 static void tb_add(tbuf *b, const char *s, size_t n) {
@@ -90,13 +91,34 @@ static void tb_add(tbuf *b, const char *s, size_t n) {
         }
         b->p = t;
         b->cap = cap;
+        if (b->taint) {
+            uint8_t *m = spud_realloc(b->taint, cap);
+            if (!m) {
+                b->oom = true;
+                return;
+            }
+            b->taint = m;
+        }
     }
     memcpy(b->p + b->n, s, n);
+    if (b->taint) memset(b->taint + b->n, 0, n);
     b->n += n;
     b->p[b->n] = 0;
 }
 
 static void tb_str(tbuf *b, const char *s) { tb_add(b, s, strlen(s)); }
+
+/* Text from the conversation: tokenized without special tokens. */
+static void tb_user(tbuf *b, const char *s, size_t n) {
+    size_t at = b->n;
+    tb_add(b, s, n);
+    if (b->oom || !n) return;
+    if (!b->taint && !(b->taint = spud_calloc(b->cap, 1))) {
+        b->oom = true;
+        return;
+    }
+    memset(b->taint + at, 1, n);
+}
 
 /* ChatML, for models without a template of their own:
  *   <|im_start|>ROLE\nCONTENT<|im_end|>\n ... <|im_start|>assistant\n
@@ -111,7 +133,7 @@ static bool render_chatml(json_object *messages, json_object *tools, bool add_ge
         for (size_t i = 0; i < json_object_array_length(tools); i++) {
             size_t l;
             const char *t = srv_json_text(json_object_array_get_idx(tools, i), &l);
-            tb_add(b, t, l);
+            tb_user(b, t, l);
             tb_str(b, "\n");
         }
         tb_str(b, "</tools>\nTo call a function, answer with <tool_call>{\"name\": NAME, \"arguments\": "
@@ -124,17 +146,17 @@ static bool render_chatml(json_object *messages, json_object *tools, bool add_ge
         if (!strcmp(r, "developer")) r = "system";
         if (!strcmp(r, "function")) r = "tool";
         tb_str(b, "<|im_start|>");
-        tb_str(b, r);
+        tb_user(b, r, strlen(r));
         tb_str(b, "\n");
         json_object_object_get_ex(m, "content", &content);
         if (content && json_object_is_type(content, json_type_string)) {
-            tb_add(b, json_object_get_string(content), (size_t)json_object_get_string_len(content));
+            tb_user(b, json_object_get_string(content), (size_t)json_object_get_string_len(content));
         } else if (content) {
             for (size_t k = 0; k < json_object_array_length(content); k++) {
                 const char *t;
                 size_t l;
                 if (!part_text(json_object_array_get_idx(content, k), "messages", k, &t, &l, e)) return false;
-                tb_add(b, t, l);
+                tb_user(b, t, l);
             }
         }
         if (json_object_object_get_ex(m, "tool_calls", &tc) && tc)
@@ -148,13 +170,13 @@ static bool render_chatml(json_object *messages, json_object *tools, bool add_ge
                 tb_str(b, "\n<tool_call>\n{\"name\": ");
                 size_t l;
                 const char *t = srv_json_text(name, &l);
-                tb_add(b, t, l);
+                tb_user(b, t, l);
                 tb_str(b, ", \"arguments\": ");
                 if (args && json_object_is_type(args, json_type_string))
-                    tb_str(b, json_object_get_string(args));
+                    tb_user(b, json_object_get_string(args), strlen(json_object_get_string(args)));
                 else {
                     t = srv_json_text(args, &l);
-                    tb_add(b, t, l);
+                    tb_user(b, t, l);
                 }
                 tb_str(b, "}\n</tool_call>");
             }
@@ -217,12 +239,13 @@ static json_object *normalize_messages(json_object *messages) {
 }
 
 /* The one place that turns messages into prompt text: the model's chat
- * template (spud_chat_render), or ChatML for a model without one. */
-bool srv_render_chat(spud_server *s, json_object *messages, json_object *tools, bool add_generation_prompt,
-                     char **out, size_t *out_len, srv_error *e) {
+ * template (spud_chat_render), or ChatML for a model without one. *taint
+ * (when taint is not NULL): 1 per byte that the conversation wrote. */
+static bool render_chat(spud_server *s, json_object *messages, json_object *tools, bool add_generation_prompt,
+                        char **out, size_t *out_len, uint8_t **taint, srv_error *e) {
     if (s->tmpl) {
         json_object *norm = normalize_messages(messages);
-        spud_status st = spud_chat_render_ex(s->tmpl, norm, tools, add_generation_prompt, NULL, out, out_len);
+        spud_status st = spud_chat_render_taint(s->tmpl, norm, tools, add_generation_prompt, NULL, out, out_len, taint);
         json_object_put(norm);
         if (st == SPUD_ERR_NOMEM) return srv_fail(e, 500, "", "out of memory");
         if (st) return srv_fail(e, 400, "messages", "the model's chat template refused the messages: %s", spud_last_error());
@@ -231,21 +254,56 @@ bool srv_render_chat(spud_server *s, json_object *messages, json_object *tools, 
     tbuf b = {0};
     if (!render_chatml(messages, tools, add_generation_prompt, &b, e)) {
         spud_free(b.p);
+        spud_free(b.taint);
         return false;
     }
+    if (!b.p) tb_add(&b, "", 0);
+    if (taint && !b.taint && !b.oom && !(b.taint = spud_calloc(b.n + 1, 1))) b.oom = true;
     if (b.oom) {
         spud_free(b.p);
+        spud_free(b.taint);
         return srv_fail(e, 500, "", "out of memory");
     }
-    if (!b.p) tb_add(&b, "", 0);
     *out = b.p;
     *out_len = b.n;
+    if (taint) *taint = b.taint;
+    else spud_free(b.taint);
     return true;
+}
+
+bool srv_render_chat(spud_server *s, json_object *messages, json_object *tools, bool add_generation_prompt,
+                     char **out, size_t *out_len, srv_error *e) {
+    return render_chat(s, messages, tools, add_generation_prompt, out, out_len, NULL, e);
+}
+
+static bool tokenize_prompt(spud_server *s, const char *text, size_t len, bool add_special, const uint8_t *taint,
+                            const char *param, int32_t **ids, size_t *n_ids, srv_error *e);
+
+bool srv_chat_tokens(spud_server *s, json_object *messages, json_object *tools, const char *param, char **text_out,
+                     size_t *len_out, int32_t **ids, size_t *n_ids, srv_error *e) {
+    char *text;
+    size_t len;
+    uint8_t *taint;
+    if (!render_chat(s, messages, tools, true, &text, &len, &taint, e)) return false;
+    bool ok = tokenize_prompt(s, text, len, false, taint, param, ids, n_ids, e);
+    spud_free(taint);
+    if (ok && text_out) {
+        *text_out = text;
+        *len_out = len;
+    } else {
+        spud_free(text);
+    }
+    return ok;
 }
 
 bool srv_tokenize_prompt(spud_server *s, const char *text, size_t len, bool add_special, const char *param,
                          int32_t **ids, size_t *n_ids, srv_error *e) {
-    if (spud_tokenize(s->model, text, len, add_special, true, ids, n_ids))
+    return tokenize_prompt(s, text, len, add_special, NULL, param, ids, n_ids, e);
+}
+
+static bool tokenize_prompt(spud_server *s, const char *text, size_t len, bool add_special, const uint8_t *taint,
+                            const char *param, int32_t **ids, size_t *n_ids, srv_error *e) {
+    if (spud_tok_encode_masked(s->model->tok, text, len, add_special, taint, ids, n_ids))
         return srv_fail(e, 400, param, "cannot tokenize '%s': %s", param, spud_last_error());
     int32_t bos = spud_token_bos(s->model);
     if (*n_ids >= 2 && bos >= 0 && (*ids)[0] == bos && (*ids)[1] == bos) { /* the template wrote BOS too */
@@ -646,9 +704,9 @@ bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **out, srv_erro
     char *text = NULL;
     size_t len = 0, n_ids = 0;
     int32_t *ids = NULL;
-    bool ok = parse_common(s, body, true, g, &p, stop, e) && srv_render_chat(s, messages, tools, true, &text, &len, e);
+    bool ok = parse_common(s, body, true, g, &p, stop, e) &&
+              srv_chat_tokens(s, messages, tools, "messages", &text, &len, &ids, &n_ids, e);
     if (ok) srv_gen_set_parse(g, &con, text, len);
-    ok = ok && srv_tokenize_prompt(s, text, len, false, "messages", &ids, &n_ids, e);
     spud_free(text);
     if (ok) {
         p.prompt = ids;

@@ -588,12 +588,12 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     char *text = NULL;
     size_t len = 0, n_ids = 0;
     int32_t *ids = NULL;
-    bool ok = srv_check_messages(msgs, "input", e) && srv_render_chat(s, msgs, ctools, true, &text, &len, e);
+    bool ok = srv_check_messages(msgs, "input", e) &&
+              srv_chat_tokens(s, msgs, ctools, "input", &text, &len, &ids, &n_ids, e);
     if (ok) srv_gen_set_parse(g, &con, text, len);
+    spud_free(text);
     json_object_put(msgs);
     if (ctools) json_object_put(ctools);
-    ok = ok && srv_tokenize_prompt(s, text, len, false, "input", &ids, &n_ids, e);
-    spud_free(text);
     spud_engine_req_params p = {.prompt = ids, .n_prompt = n_ids, .n_choices = 1, .max_tokens = (int32_t)max_out};
     if (!ok || !srv_parse_sampling(body, &p.sampling, e)) {
         srv_constraint_free(&con);

@@ -156,7 +156,7 @@ static const char *source_usage =
     "  --json-object        constrain the output to one JSON object\n"
     "  --tools F            constrain the output to tool calls (F: an OpenAI tools array)\n"
     "  --tool-choice C      required (default), auto, none, or a function name\n"
-    "  --tool-format F      hermes (default; also qwen), llama3, mistral\n"
+    "  --tool-format F      hermes (default; also qwen), llama3, mistral, deepseek, harmony, generic\n"
     "  --parallel-tools     allow several calls\n"
     "  --no-strict          ignore schema keywords that cannot be enforced (default: error)\n";
 

@@ -14,11 +14,43 @@ spud_status spud_tool_format_parse(const char *name, spud_tool_format *out) {
         *out = SPUD_TOOL_FORMAT_LLAMA3;
     } else if (!strcmp(name, "mistral")) {
         *out = SPUD_TOOL_FORMAT_MISTRAL;
+    } else if (!strcmp(name, "deepseek")) {
+        *out = SPUD_TOOL_FORMAT_DEEPSEEK;
+    } else if (!strcmp(name, "harmony")) {
+        *out = SPUD_TOOL_FORMAT_HARMONY;
+    } else if (!strcmp(name, "generic")) {
+        *out = SPUD_TOOL_FORMAT_GENERIC;
     } else {
-        return spud_errorf(SPUD_ERR_INVALID, "unknown tool call format '%s' (hermes, qwen, llama3, mistral)", name);
+        return spud_errorf(SPUD_ERR_INVALID,
+                           "unknown tool call format '%s' (hermes, qwen, llama3, mistral, deepseek, harmony, generic)",
+                           name);
     }
     return SPUD_OK;
 }
+
+spud_tool_format spud_tool_format_for_syntax(spud_call_syntax s) {
+    switch (s) {
+    case SPUD_CALLS_HERMES:
+        return SPUD_TOOL_FORMAT_HERMES;
+    case SPUD_CALLS_LLAMA3:
+        return SPUD_TOOL_FORMAT_LLAMA3;
+    case SPUD_CALLS_MISTRAL:
+        return SPUD_TOOL_FORMAT_MISTRAL;
+    case SPUD_CALLS_DEEPSEEK:
+        return SPUD_TOOL_FORMAT_DEEPSEEK;
+    case SPUD_CALLS_HARMONY:
+        return SPUD_TOOL_FORMAT_HARMONY;
+    case SPUD_CALLS_GENERIC:
+        break;
+    }
+    return SPUD_TOOL_FORMAT_GENERIC;
+}
+
+#define DS_CALLS_BEGIN "<\xEF\xBD\x9Ctool\xE2\x96\x81" "calls\xE2\x96\x81" "begin\xEF\xBD\x9C>"
+#define DS_CALLS_END "<\xEF\xBD\x9Ctool\xE2\x96\x81" "calls\xE2\x96\x81" "end\xEF\xBD\x9C>"
+#define DS_CALL_BEGIN "<\xEF\xBD\x9Ctool\xE2\x96\x81" "call\xE2\x96\x81" "begin\xEF\xBD\x9C>"
+#define DS_CALL_END "<\xEF\xBD\x9Ctool\xE2\x96\x81" "call\xE2\x96\x81" "end\xEF\xBD\x9C>"
+#define DS_SEP "<\xEF\xBD\x9Ctool\xE2\x96\x81" "sep\xEF\xBD\x9C>"
 
 spud_status spud_tool_choice_parse(const char *name, spud_tool_choice *out) {
     if (!strcmp(name, "auto")) {
@@ -85,7 +117,7 @@ spud_status spud_tool_grammar_build(json_object *tools, spud_tool_format fmt, sp
     if (!json_object_is_type(tools, json_type_array) || json_object_array_length(tools) == 0)
         return spud_errorf(SPUD_ERR_INVALID, "tools: expecting a non-empty array of tools");
     spud_gbnf_builder *b = spud_gbnf_builder_new(strict);
-    char *alts = NULL, *body = NULL, *root = NULL;
+    char *alts = NULL, *nalts = NULL, *body = NULL, *root = NULL;
     spud_status st = SPUD_OK;
     size_t n_tools = json_object_array_length(tools), n_alts = 0;
     const char *args_key = fmt == SPUD_TOOL_FORMAT_LLAMA3 ? "parameters" : "arguments";
@@ -142,6 +174,18 @@ spud_status spud_tool_grammar_build(json_object *tools, spud_tool_format fmt, sp
             goto oom;
         }
         spud_free(alt);
+        /* DEEPSEEK, HARMONY: the name is bare text, the arguments follow it */
+        alt = NULL;
+        bool ok = spud_gbnf_append_literal(&alt, fname, strlen(fname)) == SPUD_OK;
+        if (fmt == SPUD_TOOL_FORMAT_DEEPSEEK) {
+            ok = ok && cat(&alt, " \"\\n```json\\n\" ") && cat(&alt, args_rule) && cat(&alt, " \"\\n```\"");
+        } else if (fmt == SPUD_TOOL_FORMAT_HARMONY) {
+            ok = ok && cat(&alt, " \" \" ") && marker(&alt, tok, "<|constrain|>") && cat(&alt, " \"json\" ") &&
+                 marker(&alt, tok, "<|message|>") && cat(&alt, " ") && cat(&alt, args_rule);
+        }
+        ok = ok && (!n_alts || cat(&nalts, " | ")) && cat(&nalts, alt);
+        spud_free(alt);
+        if (!ok) goto oom;
         n_alts++;
     }
     if (n_alts == 0) {
@@ -203,6 +247,72 @@ spud_status spud_tool_grammar_build(json_object *tools, spud_tool_format fmt, sp
         if (lazy && !(out->trigger = spud_strndup("[TOOL_CALLS]", 12))) goto oom;
         break;
     }
+    case SPUD_TOOL_FORMAT_DEEPSEEK: {
+        /* call: <｜tool▁call▁begin｜>function<｜tool▁sep｜>( named ) <｜tool▁call▁end｜> */
+        char *call = NULL;
+        const char *call_rule2;
+        bool ok = marker(&call, tok, DS_CALL_BEGIN) && cat(&call, " \"function\" ") && marker(&call, tok, DS_SEP) &&
+                  cat(&call, " ( ") && cat(&call, nalts) && cat(&call, " ) ") && marker(&call, tok, DS_CALL_END);
+        if (!ok) {
+            spud_free(call);
+            goto oom;
+        }
+        st = spud_gbnf_builder_add_rule(b, "call", call, &call_rule2);
+        spud_free(call);
+        if (st) goto done;
+        ok = (lazy || (marker(&root, tok, DS_CALLS_BEGIN) && cat(&root, " "))) && cat(&root, call_rule2) &&
+             (!parallel || (cat(&root, " ( \"\\n\" ") && cat(&root, call_rule2) && cat(&root, " )*"))) &&
+             cat(&root, " ") && marker(&root, tok, DS_CALLS_END);
+        if (!ok) goto oom;
+        if (lazy && !(out->trigger = spud_strndup(DS_CALLS_BEGIN, strlen(DS_CALLS_BEGIN)))) goto oom;
+        break;
+    }
+    case SPUD_TOOL_FORMAT_HARMONY: {
+        /* [<|channel|>commentary ]to=functions.( named )<|call|>; more calls as new messages */
+        char *rest = NULL, *call = NULL, *more = NULL;
+        const char *rest_rule, *call_rule2;
+        bool ok = cat(&rest, "( ") && cat(&rest, nalts) && cat(&rest, " ) ") && marker(&rest, tok, "<|call|>");
+        if (!ok) {
+            spud_free(rest);
+            goto oom;
+        }
+        st = spud_gbnf_builder_add_rule(b, "call-rest", rest, &rest_rule);
+        spud_free(rest);
+        if (st) goto done;
+        if (!cat(&call, "\"to=functions.\" ") || !cat(&call, rest_rule)) {
+            spud_free(call);
+            goto oom;
+        }
+        st = spud_gbnf_builder_add_rule(b, "call", call, &call_rule2);
+        spud_free(call);
+        if (st) goto done;
+        ok = lazy ? cat(&root, rest_rule)
+                  : marker(&root, tok, "<|channel|>") && cat(&root, " \"commentary \" ") && cat(&root, call_rule2);
+        if (ok && parallel) {
+            ok = marker(&more, tok, "<|start|>") && cat(&more, " \"assistant\" ") && marker(&more, tok, "<|channel|>") &&
+                 cat(&more, " \"commentary \" ") && cat(&more, call_rule2) && cat(&root, " ( ") && cat(&root, more) &&
+                 cat(&root, " )*");
+            spud_free(more);
+        }
+        if (!ok) goto oom;
+        if (lazy && !(out->trigger = spud_strndup("to=functions.", 13))) goto oom;
+        break;
+    }
+    case SPUD_TOOL_FORMAT_GENERIC: {
+        if (lazy) {
+            /* as LLAMA3: after the trigger {"name" the rest of the object */
+            bool ok = cat(&root, "ws \":\" ws ( ") && cat(&root, alts) && cat(&root, " ) ws \"}\"");
+            if (!ok) goto oom;
+            if (!(out->trigger = spud_strndup("{\"name\"", 7))) goto oom;
+        } else if (parallel) {
+            bool ok = cat(&root, "\"{\" ws \"\\\"tool_calls\\\"\" ws \":\" ws \"[\" ws ") && cat(&root, obj_rule) &&
+                      cat(&root, " ( ws \",\" ws ") && cat(&root, obj_rule) && cat(&root, " )* ws \"]\" ws \"}\"");
+            if (!ok) goto oom;
+        } else if (!cat(&root, obj_rule)) {
+            goto oom;
+        }
+        break;
+    }
     }
     if ((st = spud_gbnf_builder_finish(b, root, &out->gbnf))) goto done;
     goto done;
@@ -211,6 +321,7 @@ oom:
 done:
     if (st) spud_tool_grammar_free(out);
     spud_free(alts);
+    spud_free(nalts);
     spud_free(body);
     spud_free(root);
     spud_gbnf_builder_free(b);

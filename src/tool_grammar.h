@@ -22,7 +22,16 @@
  *           {"name": "f", "parameters": {...}}                (one call)
  *   MISTRAL (Mistral / Mixtral / Nemo):
  *           [TOOL_CALLS][{"name": "f", "arguments": {...}}, ...]
- * The markers <tool_call>, </tool_call> and [TOOL_CALLS] become token
+ *   DEEPSEEK (DeepSeek V3 / R1):
+ *           <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f
+ *           ```json\n{...}\n```<｜tool▁call▁end｜>[\n<｜tool▁call▁begin｜>...]<｜tool▁calls▁end｜>
+ *   HARMONY (gpt-oss):
+ *           <|channel|>commentary to=functions.f <|constrain|>json<|message|>{...}<|call|>
+ *           (parallel: more calls follow as <|start|>assistant<|channel|>commentary ...)
+ *   GENERIC (templates that name no syntax):
+ *           {"name": "f", "arguments": {...}}
+ *           (parallel: {"tool_calls": [{"name": ..., "arguments": ...}, ...]})
+ * Markers (<tool_call>, </tool_call>, [TOOL_CALLS], DeepSeek's and harmony's) become token
  * references (<[id]>) when `tok` has a single token with exactly that text,
  * so a model emits its special token, else literal text.
  *
@@ -30,7 +39,8 @@
  *   REQUIRED  root = one call (or several if parallel): no free text.
  *   FUNCTION  the same, restricted to the function `name`.
  *   AUTO      lazy: free text until the trigger (the call's first marker:
- *             "<tool_call>", "{\"name\"", "[TOOL_CALLS]"); root matches
+ *             "<tool_call>", "{\"name\"", "[TOOL_CALLS]", "<｜tool▁calls▁begin｜>",
+ *             "to=functions."); root matches
  *             what follows the trigger (see grammar.h's lazy grammars).
  *   NONE      no grammar (gbnf NULL): do not constrain.
  */
@@ -41,6 +51,7 @@
 
 #include "core.h"
 #include "tokenizer.h"
+#include "tool_parse.h"
 
 struct json_object;
 
@@ -48,6 +59,9 @@ typedef enum {
     SPUD_TOOL_FORMAT_HERMES,
     SPUD_TOOL_FORMAT_LLAMA3,
     SPUD_TOOL_FORMAT_MISTRAL,
+    SPUD_TOOL_FORMAT_DEEPSEEK,
+    SPUD_TOOL_FORMAT_HARMONY,
+    SPUD_TOOL_FORMAT_GENERIC,
 } spud_tool_format;
 
 typedef enum {
@@ -62,8 +76,10 @@ typedef struct {
     char *trigger; /* AUTO: the trigger word of the lazy grammar; else NULL */
 } spud_tool_grammar;
 
-/* "hermes" (also "qwen"), "llama3", "mistral". */
+/* "hermes" (also "qwen"), "llama3", "mistral", "deepseek", "harmony", "generic". */
 spud_status spud_tool_format_parse(const char *name, spud_tool_format *out);
+/* The grammar format that forces calls in the syntax the output parser reads. */
+spud_tool_format spud_tool_format_for_syntax(spud_call_syntax s);
 /* "auto", "required", "none" (a function name is SPUD_TOOL_CHOICE_FUNCTION). */
 spud_status spud_tool_choice_parse(const char *name, spud_tool_choice *out);
 

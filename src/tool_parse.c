@@ -462,7 +462,7 @@ static bool co_step(spud_out_parser *p, int c) {
         if (c != ':') return fail_call(p);
         if (!co_key_allowed(p)) return fail_call(p);
         {
-            const char *k = p->key.p;
+            const char *k = p->key.p ? p->key.p : "";
             bool first = !p->co_any_key;
             p->co_any_key = true;
             if (!strcmp(k, "name"))

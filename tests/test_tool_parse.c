@@ -15,7 +15,7 @@
 #include "core.h"
 #include "tool_parse.h"
 
-#define MAX_CALLS 8
+#define MAX_CALLS 64
 
 typedef struct {
     char *s;
@@ -129,6 +129,10 @@ static void parse_all(const spud_out_parser_opts *o, const char *text, result *w
                          "split at %zu differs from the whole text:\n%s", i, text);
         result_free(&r);
     }
+}
+
+static bool is_ws_byte(int c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
 static const char *s_or_empty(const str *s) {
@@ -380,4 +384,166 @@ Test(tool_parse, detect) {
     }
     cr_expect_eq(spud_call_syntax_detect(NULL), SPUD_CALLS_GENERIC);
     cr_expect_eq(spud_call_syntax_detect("{{ '<|start|>assistant<|channel|>final<|message|>' }}"), SPUD_CALLS_HARMONY);
+}
+
+/* ---- grammars (tool_grammar.h) against the parser ---- */
+
+#include "grammar.h"
+#include "tool_grammar.h"
+
+static const char *const tools_json =
+    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", "
+    "\"properties\": {\"city\": {\"type\": \"string\", \"maxLength\": 6}, \"n\": {\"type\": \"integer\", \"minimum\": 0, "
+    "\"maximum\": 99}}, \"required\": [\"city\"], \"additionalProperties\": false}}},"
+    " {\"type\": \"function\", \"function\": {\"name\": \"ping\"}}]";
+
+static spud_grammar_vocab *bytes_vocab(void) {
+    const char *pieces[256];
+    size_t lens[256];
+    static char bytes[256];
+    for (int i = 0; i < 256; i++) {
+        bytes[i] = (char)i;
+        pieces[i] = &bytes[i];
+        lens[i] = 1;
+    }
+    spud_grammar_vocab *v = NULL;
+    cr_assert_eq(spud_grammar_vocab_new(256, pieces, lens, NULL, &v), SPUD_OK, "%s", spud_last_error());
+    return v;
+}
+
+static spud_grammar *tool_grammar(spud_tool_format fmt, spud_tool_choice choice, bool parallel, char **trigger) {
+    json_object *tools = json_tokener_parse(tools_json);
+    cr_assert(tools);
+    spud_tool_grammar tg;
+    cr_assert_eq(spud_tool_grammar_build(tools, fmt, choice, NULL, parallel, NULL, true, &tg), SPUD_OK, "%s",
+                 spud_last_error());
+    spud_grammar *g = NULL;
+    cr_assert_eq(spud_grammar_parse(tg.gbnf, strlen(tg.gbnf), &g), SPUD_OK, "%s\n%s", spud_last_error(), tg.gbnf);
+    *trigger = tg.trigger ? strdup(tg.trigger) : NULL;
+    spud_tool_grammar_free(&tg);
+    json_object_put(tools);
+    return g;
+}
+
+static bool grammar_full(spud_grammar *g, spud_grammar_vocab *v, const char *trigger, const char *text) {
+    spud_grammar_state *s;
+    const char *trig[1] = {trigger};
+    cr_assert_eq(spud_grammar_state_new(g, v, trig, trigger ? 1 : 0, &s), SPUD_OK, "%s", spud_last_error());
+    bool ok = spud_grammar_accept_bytes(s, text, strlen(text)) == SPUD_OK && spud_grammar_is_complete(s);
+    spud_grammar_state_free(s);
+    return ok;
+}
+
+#define DSB "<\xEF\xBD\x9Ctool\xE2\x96\x81"
+#define DSE "\xEF\xBD\x9C>"
+static const struct {
+    spud_tool_format fmt;
+    spud_call_syntax syn;
+    bool parallel;
+    const char *text; /* two calls: get_weather {"city": "Paris"}, ping {} (one when not parallel) */
+    const char *lazy; /* the same after free text, for tool_choice auto */
+} grammar_cases[] = {
+    {SPUD_TOOL_FORMAT_HERMES, SPUD_CALLS_HERMES, true,
+     "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n"
+     "{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>",
+     "Let me see. <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"},
+    {SPUD_TOOL_FORMAT_LLAMA3, SPUD_CALLS_LLAMA3, false, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}",
+     "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}"},
+    {SPUD_TOOL_FORMAT_MISTRAL, SPUD_CALLS_MISTRAL, true,
+     "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, {\"name\": \"ping\", "
+     "\"arguments\": {}}]",
+     "Sure.[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]"},
+    {SPUD_TOOL_FORMAT_DEEPSEEK, SPUD_CALLS_DEEPSEEK, true,
+     DSB "calls\xE2\x96\x81" "begin" DSE DSB "call\xE2\x96\x81" "begin" DSE "function" DSB "sep" DSE
+         "get_weather\n```json\n{\"city\": \"Paris\"}\n```" DSB "call\xE2\x96\x81" "end" DSE "\n" DSB
+         "call\xE2\x96\x81" "begin" DSE "function" DSB "sep" DSE "ping\n```json\n{}\n```" DSB "call\xE2\x96\x81" "end" DSE
+             DSB "calls\xE2\x96\x81" "end" DSE,
+     "Hm. " DSB "calls\xE2\x96\x81" "begin" DSE DSB "call\xE2\x96\x81" "begin" DSE "function" DSB "sep" DSE
+     "get_weather\n```json\n{\"city\": \"Paris\"}\n```" DSB "call\xE2\x96\x81" "end" DSE DSB "calls\xE2\x96\x81" "end" DSE},
+    {SPUD_TOOL_FORMAT_HARMONY, SPUD_CALLS_HARMONY, true,
+     "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|>"
+     "<|start|>assistant<|channel|>commentary to=functions.ping <|constrain|>json<|message|>{}<|call|>",
+     "<|channel|>analysis<|message|>Need it.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather "
+     "<|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|>"},
+    {SPUD_TOOL_FORMAT_GENERIC, SPUD_CALLS_GENERIC, true,
+     "{\"tool_calls\": [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, {\"name\": \"ping\", "
+     "\"arguments\": {}}]}",
+     "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"},
+};
+
+Test(tool_parse, grammar_accepts_parser_examples) {
+    spud_grammar_vocab *v = bytes_vocab();
+    for (size_t i = 0; i < sizeof grammar_cases / sizeof grammar_cases[0]; i++) {
+        char *trig;
+        spud_grammar *g = tool_grammar(grammar_cases[i].fmt, SPUD_TOOL_CHOICE_REQUIRED, grammar_cases[i].parallel, &trig);
+        cr_expect(grammar_full(g, v, NULL, grammar_cases[i].text), "format %zu refuses:\n%s", i, grammar_cases[i].text);
+        spud_grammar_free(g);
+        g = tool_grammar(grammar_cases[i].fmt, SPUD_TOOL_CHOICE_AUTO, false, &trig);
+        cr_assert(trig);
+        cr_expect(grammar_full(g, v, trig, grammar_cases[i].lazy), "format %zu (auto) refuses:\n%s", i,
+                  grammar_cases[i].lazy);
+        spud_grammar_free(g);
+        free(trig);
+        int n = grammar_cases[i].parallel ? 2 : 1;
+        expect(grammar_cases[i].syn, false, false, grammar_cases[i].text, "", "", n,
+               CALLS("get_weather", "{\"city\": \"Paris\"}", "ping", "{}"));
+        cr_expect_eq(spud_tool_format_for_syntax(grammar_cases[i].syn), grammar_cases[i].fmt);
+    }
+    spud_grammar_vocab_free(v);
+}
+
+Test(tool_parse, parser_reads_grammar_forced_output) {
+    /* random walks through each forced-call grammar over a byte vocabulary
+     * (strings get arbitrary UTF-8, escapes and marker-like text): the
+     * parser must find exactly calls, no content */
+    spud_grammar_vocab *v = bytes_vocab();
+    uint32_t bits[8];
+    for (size_t i = 0; i < sizeof grammar_cases / sizeof grammar_cases[0]; i++) {
+        char *trig;
+        spud_grammar *g = tool_grammar(grammar_cases[i].fmt, SPUD_TOOL_CHOICE_REQUIRED, grammar_cases[i].parallel, &trig);
+        int walked = 0;
+        for (uint64_t seed = 1; seed <= 40; seed++) {
+            spud_grammar_state *s;
+            cr_assert_eq(spud_grammar_state_new(g, v, NULL, 0, &s), SPUD_OK);
+            char out[4096];
+            size_t n = 0;
+            uint64_t r = seed * 0x9E3779B97F4A7C15ull;
+            while (n < sizeof out - 1 && !spud_grammar_is_complete(s)) {
+                cr_assert_eq(spud_grammar_mask(s, bits), SPUD_OK, "%s", spud_last_error());
+                int allowed[256], na = 0, solid[256], ns = 0;
+                for (int b = 0; b < 256; b++)
+                    if (bits[b / 32] >> (b % 32) & 1) {
+                        allowed[na++] = b;
+                        if (!is_ws_byte(b)) solid[ns++] = b;
+                    }
+                cr_assert(na > 0);
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                int b = ns && (r >> 60) ? solid[(r >> 33) % (uint64_t)ns] : allowed[(r >> 33) % (uint64_t)na];
+                cr_assert_eq(spud_grammar_accept(s, b), SPUD_OK);
+                out[n++] = (char)b;
+            }
+            spud_grammar_state_free(s);
+            if (n >= sizeof out - 1) continue;
+            out[n] = 0;
+            walked++;
+            spud_out_parser_opts o = {.syntax = grammar_cases[i].syn, .tools = true};
+            result res;
+            parse_all(&o, out, &res);
+            cr_expect_eq(res.n_begin, res.n_end, "format %zu:\n%s", i, out);
+            cr_expect(res.n_end >= 1, "format %zu: no call in\n%s\nevents:%s", i, out, s_or_empty(&res.norm));
+            cr_expect_str_eq(s_or_empty(&res.content), "", "format %zu:\n%s", i, out);
+            for (int k = 0; k < res.n_end; k++) {
+                cr_expect(!strcmp(res.names[k], "get_weather") || !strcmp(res.names[k], "ping"), "name '%s'",
+                          res.names[k]);
+                json_object *a = json_tokener_parse(s_or_empty(&res.args[k]));
+                cr_expect(a && json_object_is_type(a, json_type_object), "args '%s'", s_or_empty(&res.args[k]));
+                json_object_put(a);
+            }
+            result_free(&res);
+        }
+        cr_expect_gt(walked, 30, "format %zu: walks too long", i);
+        spud_grammar_free(g);
+        free(trig);
+    }
+    spud_grammar_vocab_free(v);
 }

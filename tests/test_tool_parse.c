@@ -698,3 +698,82 @@ Test(tool_parse, template_round_trips) {
     free(qwen3);
     free(ds3);
 }
+
+/* Text is released as soon as it cannot be a marker; arguments stream while the call is generated. */
+Test(tool_parse, streaming_latency) {
+    spud_out_parser_opts o = {.syntax = SPUD_CALLS_HERMES, .tools = true, .reasoning = true};
+    spud_out_parser *p;
+    result r = {.last_kind = -1};
+    cr_assert_eq(spud_out_parser_new(&o, &p), SPUD_OK);
+#define FEED(s) cr_assert_eq(spud_out_parser_feed(p, s, strlen(s), on_event, &r), SPUD_OK)
+    FEED("ab<to");
+    cr_expect_str_eq(s_or_empty(&r.content), "ab", "the text before a possible marker");
+    FEED("x");
+    cr_expect_str_eq(s_or_empty(&r.content), "ab<tox", "a prefix that cannot be a marker any more");
+    FEED("<thi");
+    cr_expect_str_eq(s_or_empty(&r.content), "ab<tox");
+    FEED("nk>why");
+    cr_expect_str_eq(s_or_empty(&r.reasoning), "why");
+    FEED("</think><tool_call>{\"name\": \"f\", \"arguments\": {\"a\": \"x");
+    cr_expect_eq(r.n_begin, 1, "CALL_BEGIN once the name and the arguments' start are seen");
+    cr_expect_str_eq(r.names[0], "f");
+    cr_expect_str_eq(s_or_empty(&r.args[0]), "{\"a\": \"x", "arguments so far");
+    FEED("yz\"}");
+    cr_expect_str_eq(s_or_empty(&r.args[0]), "{\"a\": \"xyz\"}");
+    cr_expect_eq(r.n_end, 0);
+    FEED("}");
+    cr_expect_eq(r.n_end, 1, "CALL_END when the call object closes");
+    FEED("\n</tool_call>");
+    cr_assert_eq(spud_out_parser_finish(p, on_event, &r), SPUD_OK);
+    cr_expect_str_eq(s_or_empty(&r.content), "ab<tox");
+#undef FEED
+    spud_out_parser_free(p);
+    result_free(&r);
+}
+
+Test(tool_parse, bounded_memory) {
+    /* a call that never ends is held only up to 1 MiB, then feed() fails with a message */
+    spud_out_parser_opts o = {.syntax = SPUD_CALLS_HERMES, .tools = true};
+    spud_out_parser *p;
+    result r = {.last_kind = -1};
+    cr_assert_eq(spud_out_parser_new(&o, &p), SPUD_OK);
+    const char *head = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": \"";
+    cr_assert_eq(spud_out_parser_feed(p, head, strlen(head), on_event, &r), SPUD_OK);
+    char chunk[4096];
+    memset(chunk, 'x', sizeof chunk);
+    spud_status st = SPUD_OK;
+    for (int i = 0; i < 400 && !st; i++) st = spud_out_parser_feed(p, chunk, sizeof chunk, on_event, &r);
+    cr_expect_eq(st, SPUD_ERR_RANGE);
+    cr_expect(strstr(spud_last_error(), "bytes"), "%s", spud_last_error());
+    cr_expect_neq(spud_out_parser_feed(p, "x", 1, on_event, &r), SPUD_OK, "an error sticks");
+    spud_out_parser_free(p);
+    result_free(&r);
+    /* plain text, however long, is never held */
+    cr_assert_eq(spud_out_parser_new(&o, &p), SPUD_OK);
+    r = (result){.last_kind = -1};
+    for (int i = 0; i < 400; i++) cr_assert_eq(spud_out_parser_feed(p, chunk, sizeof chunk, on_event, &r), SPUD_OK);
+    cr_expect_eq(r.content.n, 400 * sizeof chunk);
+    spud_out_parser_free(p);
+    result_free(&r);
+}
+
+Test(tool_parse, allocation_failures) {
+    /* every allocation failure is an error, never a crash */
+    const char *text = "<think>a</think>b<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": [1, \"}\"]}}</tool_call>c";
+    long n;
+    for (n = 0; n < 200; n++) {
+        spud_out_parser_opts o = {.syntax = SPUD_CALLS_HERMES, .tools = true, .reasoning = true};
+        spud_out_parser *p = NULL;
+        result r = {.last_kind = -1};
+        spud_alloc_fail_after(n);
+        spud_status st = spud_out_parser_new(&o, &p);
+        if (!st) st = spud_out_parser_feed(p, text, strlen(text), on_event, &r);
+        if (!st) st = spud_out_parser_finish(p, on_event, &r);
+        spud_alloc_fail_after(-1);
+        spud_out_parser_free(p);
+        result_free(&r);
+        if (!st) break;
+        cr_expect(st == SPUD_ERR_NOMEM, "failure %ld: %s", n, spud_last_error());
+    }
+    cr_expect(n > 5 && n < 200, "allocations tried: %ld", n);
+}

@@ -271,6 +271,7 @@ typedef struct {
     bool tools;                /* tools were given and tool_choice is not none */
     spud_tool_choice choice;
     spud_call_syntax syntax;   /* the syntax to parse calls in (the grammar's when forced) */
+    bool user_grammar;         /* gbnf is the request's own "grammar" */
 } srv_constraint;
 
 void srv_constraint_free(srv_constraint *c);

@@ -107,6 +107,7 @@ bool srv_parse_grammar(json_object *body, srv_constraint *c, srv_error *e) {
     c->gbnf = spud_strndup(json_object_get_string(g), (size_t)json_object_get_string_len(g));
     if (!c->gbnf) return srv_fail(e, 500, "", "out of memory");
     snprintf(c->param, sizeof c->param, "grammar");
+    c->user_grammar = true;
     return true;
 }
 
@@ -298,6 +299,10 @@ void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, 
     size_t n = prompt_len;
     while (n > 0 && (prompt[n - 1] == '\n' || prompt[n - 1] == ' ')) n--;
     g->popts_in_reasoning = s->thinks && n >= 7 && !memcmp(prompt + n - 7, "<think>", 7);
+    /* A JSON format or a forced call constrains the answer from its first
+     * token: the model cannot think first, so nothing of it is reasoning. (A
+     * request's own GBNF grammar may spell the thinking out itself.) */
+    if (c->gbnf && !c->trigger && !c->user_grammar) g->popts_in_reasoning = false;
     g->parse = g->popts_tools || g->popts_reasoning;
 }
 
@@ -305,6 +310,19 @@ typedef struct {
     srv_gen *g;
     int32_t c;
 } feed_ctx;
+
+/* A new call id: call_ and 24 hex digits, or for Mistral templates (which
+ * refuse any other id when the call comes back) 9 letters and digits. */
+static void call_id(const srv_gen *g, char *out, size_t cap) {
+    static const char alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    if (g->popts_syntax != SPUD_CALLS_MISTRAL) {
+        srv_random_id(out, cap, "call_");
+        return;
+    }
+    uint64_t r = srv_random_u64();
+    for (int i = 0; i < 9; i++, r /= 62) out[i] = alnum[r % 62];
+    out[9] = 0;
+}
 
 static void emit(srv_gen *g, int32_t c, int kind, const char *text, size_t len, const srv_call *call) {
     if (g->api == API_RESPONSES) /* also when not streaming: it numbers the output items */
@@ -349,7 +367,7 @@ static void on_event(void *ud, const spud_out_event *ev) {
         memset(&ch->pending, 0, sizeof ch->pending);
         ch->has_pending = false;
         if (!k->args.p) srv_buf_add(&k->args, "{}", 2);
-        srv_random_id(k->id, sizeof k->id, "call_");
+        call_id(f->g, k->id, sizeof k->id);
         emit(f->g, f->c, SPUD_OUT_CALL_END, NULL, 0, k);
         break;
     }

@@ -6,6 +6,8 @@
 #   server B: a slower model without a chat template (ChatML fallback), --parallel 1, --max-queue 1,
 #             no keys, --store-bytes 8000 (queue, disconnect, store bound, SIGTERM tests)
 #   server S: the model of A, --parallel 4, --ctx-size 4096, no keys (structured output and tools)
+#   servers L, M, R: the same model with Llama 3.1's, Mistral Nemo's and DeepSeek R1's templates
+#             (other tool-call syntaxes, reasoning)
 # Expected prompts come from Python's jinja2 (tests/server/gguf_template.py).
 # Each server must exit 0 after SIGTERM (under ASan that includes no leaks).
 set -euo pipefail
@@ -29,6 +31,10 @@ PY=${PYTHON:-python3}
 "$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/tiny.gguf" \
   "${SHARED:-$SRC/../shared}/templates/Qwen-Qwen2.5-7B-Instruct.jinja"
 "$PY" "$SRC/tests/server/gguf_template.py" drop "$tmp/gen-slow.gguf" "$tmp/slow.gguf"
+T="${SHARED:-$SRC/../shared}/templates"
+"$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/llama3.gguf" "$T/meta-llama-Llama-3.1-8B-Instruct.jinja"
+"$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/mistral.gguf" "$T/mistralai-Mistral-Nemo-Instruct-2407.jinja"
+"$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/r1.gguf" "$T/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
 printf '# keys for the test server\n\n  sk-from-file  \n' >"$tmp/keys"
 
 # start NAME ARGS...: start a server on a free port; sets URL_NAME and PID_NAME once /health says ready.
@@ -71,20 +77,27 @@ start A -m "$tmp/tiny.gguf" --parallel 8 --ctx-size 1024 --api-key sk-test-key -
   --max-body 200000 --max-queue 64 -t 2
 start B -m "$tmp/slow.gguf" --parallel 1 --max-queue 1 --ctx-size 4096 -t 2 --store-bytes 8000
 start S -m "$tmp/tiny.gguf" --parallel 4 --ctx-size 4096 -t 2
+start L -m "$tmp/llama3.gguf" --parallel 2 --ctx-size 4096 -t 1
+start M -m "$tmp/mistral.gguf" --parallel 2 --ctx-size 4096 -t 1
+start R -m "$tmp/r1.gguf" --parallel 2 --ctx-size 4096 -t 1
 
 sanitized=0
 grep -q __asan_init "$SPUD" && sanitized=1
-export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_URL_S="$URL_S" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
+export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_URL_S="$URL_S" SPUD_URL_L="$URL_L" SPUD_URL_M="$URL_M" \
+  SPUD_URL_R="$URL_R" SPUD_MODEL_L="$tmp/llama3.gguf" SPUD_MODEL_M="$tmp/mistral.gguf" SPUD_MODEL_R="$tmp/r1.gguf" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
   SPUD_KEY=sk-test-key SPUD_FILE_KEY=sk-from-file SPUD_SANITIZED=$sanitized \
   SPUD_MODEL_A="$tmp/tiny.gguf" PYTHON="$PY"
 
 cd "$SRC/tests/server"
 node --test --test-reporter=spec api.test.mjs
-node --test --test-reporter=spec structured.test.mjs tools.test.mjs
+node --test --test-reporter=spec structured.test.mjs tools.test.mjs families.test.mjs
 node --test --test-reporter=spec load.test.mjs
 node --test --test-reporter=spec shutdown.test.mjs # sends SIGTERM to B itself
 stop B "$PID_B"
 stop S "$PID_S"
+stop L "$PID_L"
+stop M "$PID_M"
+stop R "$PID_R"
 stop A "$PID_A"
 
 # The shutdown wait is bounded: a stream longer than --shutdown-timeout is cut off with an error event.

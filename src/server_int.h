@@ -143,10 +143,9 @@ typedef struct {
     /* with tools or reasoning, the output parser splits `text` (tool_parse.h) */
     struct spud_out_parser *parser;
     srv_buf content, reasoning;
-    srv_call *calls;
+    srv_call *calls;   /* complete calls, then the one being parsed when call_open */
     int32_t n_calls, cap_calls;
-    srv_call pending; /* the call being parsed; sent once complete */
-    bool has_pending;
+    bool call_open;
     bool parse_failed; /* the parser gave up (too long): the rest is content */
     int32_t item_index; /* responses: output_index of the message item, once msg_opened */
     bool msg_opened, msg_closed;
@@ -161,6 +160,7 @@ typedef struct srv_gen {
     srv_choice *ch;
     bool stream, include_usage, logprobs;
     bool parse;                    /* split content / reasoning / tool calls (see srv_choice.parser) */
+    bool live_calls;               /* a grammar enforces the calls: stream their arguments as they come */
     spud_call_syntax popts_syntax;
     bool popts_tools, popts_reasoning, popts_in_reasoning;
     int32_t n_items;               /* responses: output items so far */
@@ -252,7 +252,9 @@ bool srv_apply_template(spud_server *s, json_object *body, json_object **out, sr
 bool srv_tokenize_route(spud_server *s, json_object *body, json_object **out, srv_error *e);
 bool srv_detokenize_route(spud_server *s, json_object *body, json_object **out, srv_error *e);
 void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d);
-/* Parsed pieces of a streamed chat choice: content, reasoning_content, a complete call. */
+/* Parsed pieces of a streamed chat choice: content, reasoning_content, and
+ * calls: CALL_BEGIN / CALL_ARGS (fragment) / CALL_END as they come when
+ * g->live_calls, else only CALL_END once the call is complete. */
 void srv_oai_stream_piece(srv_gen *g, int32_t c, int kind, const char *text, size_t len, const srv_call *call);
 void srv_oai_stream_end(srv_gen *g);
 json_object *srv_oai_final(srv_gen *g);

@@ -460,7 +460,7 @@ static void chat_chunk(srv_gen *g, int32_t c, json_object *delta) {
     srv_out_event(g, NULL, o);
 }
 
-static json_object *call_delta(int32_t index, const srv_call *k, bool head) {
+static json_object *call_delta(int32_t index, const srv_call *k, bool head, const char *args, size_t n) {
     json_object *delta = json_object_new_object(), *calls = json_object_new_array(), *tc = json_object_new_object(),
                 *fn = json_object_new_object();
     json_object_object_add(tc, "index", json_object_new_int(index));
@@ -470,7 +470,7 @@ static json_object *call_delta(int32_t index, const srv_call *k, bool head) {
         json_object_object_add(fn, "name", json_object_new_string(k->name));
         json_object_object_add(fn, "arguments", json_object_new_string(""));
     } else {
-        json_object_object_add(fn, "arguments", srv_json_string_lossy(k->args.p ? k->args.p : "", k->args.n));
+        json_object_object_add(fn, "arguments", srv_json_string_lossy(args, n));
     }
     json_object_object_add(tc, "function", fn);
     json_object_array_add(calls, tc);
@@ -489,12 +489,19 @@ void srv_oai_stream_piece(srv_gen *g, int32_t c, int kind, const char *text, siz
         json_object_object_add(delta, "reasoning_content", json_object_new_string_len(text, (int)len));
         chat_chunk(g, c, delta);
         break;
-    case SPUD_OUT_CALL_END: { /* a complete call: its head, then its arguments */
-        int32_t index = (int32_t)(call - g->ch[c].calls);
-        chat_chunk(g, c, call_delta(index, call, true));
-        chat_chunk(g, c, call_delta(index, call, false));
+    case SPUD_OUT_CALL_BEGIN:
+        chat_chunk(g, c, call_delta((int32_t)(call - g->ch[c].calls), call, true, NULL, 0));
         break;
-    }
+    case SPUD_OUT_CALL_ARGS:
+        chat_chunk(g, c, call_delta((int32_t)(call - g->ch[c].calls), call, false, text, len));
+        break;
+    case SPUD_OUT_CALL_END: /* unless streamed live: the complete call, its head then its arguments */
+        if (!g->live_calls) {
+            int32_t index = (int32_t)(call - g->ch[c].calls);
+            chat_chunk(g, c, call_delta(index, call, true, NULL, 0));
+            chat_chunk(g, c, call_delta(index, call, false, call->args.p ? call->args.p : "", call->args.n));
+        }
+        break;
     default:
         break;
     }

@@ -275,10 +275,15 @@ static json_object *output_item(srv_gen *g, const char *status, bool with_conten
     return item;
 }
 
-/* A function_call output item (its id is the call id with fc_ for call_). */
+/* The id of a call's output item: the call id with fc_ for call_. */
+static void call_item_id(const srv_call *k, char *id, size_t cap) {
+    snprintf(id, cap, "fc_%s", strncmp(k->id, "call_", 5) ? k->id : k->id + 5);
+}
+
+/* A function_call output item. */
 static json_object *call_item(const srv_call *k, const char *status, bool with_args) {
     char id[48];
-    snprintf(id, sizeof id, "fc_%s", strncmp(k->id, "call_", 5) ? k->id : k->id + 5);
+    call_item_id(k, id, sizeof id);
     json_object *item = json_object_new_object();
     json_object_object_add(item, "id", json_object_new_string(id));
     json_object_object_add(item, "type", json_object_new_string("function_call"));
@@ -404,6 +409,23 @@ void srv_responses_stream_delta(srv_gen *g, const spud_engine_delta *d) {
     if (d->len) text_delta(g, d->text, d->len);
 }
 
+static void call_added(srv_gen *g, const srv_call *k) {
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "output_index", json_object_new_int(k->item_index));
+    json_object_object_add(o, "item", call_item(k, "in_progress", false));
+    event(g, "response.output_item.added", o);
+}
+
+static void call_args_delta(srv_gen *g, const srv_call *k, const char *text, size_t len) {
+    char item_id[48];
+    call_item_id(k, item_id, sizeof item_id);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "item_id", json_object_new_string(item_id));
+    json_object_object_add(o, "output_index", json_object_new_int(k->item_index));
+    json_object_object_add(o, "delta", srv_json_string_lossy(text, len));
+    event(g, "response.function_call_arguments.delta", o);
+}
+
 void srv_responses_stream_piece(srv_gen *g, int kind, const char *text, size_t len, const srv_call *call) {
     srv_choice *ch = &g->ch[0];
     if (kind == SPUD_OUT_CONTENT) {
@@ -413,22 +435,23 @@ void srv_responses_stream_piece(srv_gen *g, int kind, const char *text, size_t l
             if (g->stream) msg_open_events(g);
         }
         if (g->stream) text_delta(g, text, len);
-    } else if (kind == SPUD_OUT_CALL_END) {
+    } else if (kind == SPUD_OUT_CALL_BEGIN) { /* live calls only */
         ((srv_call *)call)->item_index = g->n_items++;
+        if (g->stream) call_added(g, call);
+    } else if (kind == SPUD_OUT_CALL_ARGS) {
+        if (g->stream) call_args_delta(g, call, text, len);
+    } else if (kind == SPUD_OUT_CALL_END) {
+        if (!g->live_calls) {
+            ((srv_call *)call)->item_index = g->n_items++;
+            if (g->stream) {
+                call_added(g, call);
+                call_args_delta(g, call, call->args.p ? call->args.p : "", call->args.n);
+            }
+        }
         if (!g->stream) return;
-        json_object *item = call_item(call, "in_progress", false), *o = json_object_new_object(), *id = NULL;
-        json_object_object_get_ex(item, "id", &id);
         char item_id[48];
-        snprintf(item_id, sizeof item_id, "%s", json_object_get_string(id));
-        json_object_object_add(o, "output_index", json_object_new_int(call->item_index));
-        json_object_object_add(o, "item", item);
-        event(g, "response.output_item.added", o);
-        o = json_object_new_object();
-        json_object_object_add(o, "item_id", json_object_new_string(item_id));
-        json_object_object_add(o, "output_index", json_object_new_int(call->item_index));
-        json_object_object_add(o, "delta", srv_json_string_lossy(call->args.p ? call->args.p : "", call->args.n));
-        event(g, "response.function_call_arguments.delta", o);
-        o = json_object_new_object();
+        call_item_id(call, item_id, sizeof item_id);
+        json_object *o = json_object_new_object();
         json_object_object_add(o, "item_id", json_object_new_string(item_id));
         json_object_object_add(o, "output_index", json_object_new_int(call->item_index));
         json_object_object_add(o, "arguments", srv_json_string_lossy(call->args.p ? call->args.p : "", call->args.n));

@@ -282,7 +282,6 @@ void srv_choice_free_parse(srv_choice *ch) {
     spud_free(ch->reasoning.p);
     for (int32_t i = 0; i < ch->n_calls; i++) call_clear(&ch->calls[i]);
     spud_free(ch->calls);
-    call_clear(&ch->pending);
 }
 
 const char *srv_choice_finish(const srv_choice *ch) {
@@ -304,12 +303,20 @@ void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, 
      * request's own GBNF grammar may spell the thinking out itself.) */
     if (c->gbnf && !c->trigger && !c->user_grammar) g->popts_in_reasoning = false;
     g->parse = g->popts_tools || g->popts_reasoning;
+    g->live_calls = c->tools && c->gbnf && !strcmp(c->param, "tools");
 }
 
 typedef struct {
     srv_gen *g;
     int32_t c;
 } feed_ctx;
+
+/* Forget the call being parsed (abandoned, or cut short by the end). */
+static void drop_open_call(srv_choice *ch) {
+    if (!ch->call_open) return;
+    ch->call_open = false;
+    call_clear(&ch->calls[--ch->n_calls]);
+}
 
 /* A new call id: call_ and 24 hex digits, or for Mistral templates (which
  * refuse any other id when the call comes back) 9 letters and digits. */
@@ -342,19 +349,8 @@ static void on_event(void *ud, const spud_out_event *ev) {
         if (srv_buf_add(&ch->reasoning, ev->text, ev->len))
             emit(f->g, f->c, SPUD_OUT_REASONING, ev->text, ev->len, NULL);
         break;
-    case SPUD_OUT_CALL_BEGIN: /* a previous call without its end was abandoned by the parser */
-        call_clear(&ch->pending);
-        ch->pending.name = spud_strndup(ev->name, strlen(ev->name));
-        ch->has_pending = ch->pending.name != NULL;
-        break;
-    case SPUD_OUT_CALL_ARGS:
-        if (ch->has_pending && !srv_buf_add(&ch->pending.args, ev->text, ev->len)) {
-            call_clear(&ch->pending);
-            ch->has_pending = false;
-        }
-        break;
-    case SPUD_OUT_CALL_END:
-        if (!ch->has_pending) break;
+    case SPUD_OUT_CALL_BEGIN: {
+        drop_open_call(ch); /* a call without its end was abandoned by the parser */
         if (ch->n_calls == ch->cap_calls) {
             int32_t cap = ch->cap_calls ? ch->cap_calls * 2 : 4;
             srv_call *t = spud_realloc(ch->calls, (size_t)cap * sizeof *t);
@@ -362,14 +358,37 @@ static void on_event(void *ud, const spud_out_event *ev) {
             ch->calls = t;
             ch->cap_calls = cap;
         }
-        srv_call *k = &ch->calls[ch->n_calls++];
-        *k = ch->pending;
-        memset(&ch->pending, 0, sizeof ch->pending);
-        ch->has_pending = false;
-        if (!k->args.p) srv_buf_add(&k->args, "{}", 2);
+        srv_call *k = &ch->calls[ch->n_calls];
+        memset(k, 0, sizeof *k);
+        k->name = spud_strndup(ev->name, strlen(ev->name));
+        if (!k->name) break;
         call_id(f->g, k->id, sizeof k->id);
+        ch->n_calls++;
+        ch->call_open = true;
+        if (f->g->live_calls) emit(f->g, f->c, SPUD_OUT_CALL_BEGIN, NULL, 0, k);
+        break;
+    }
+    case SPUD_OUT_CALL_ARGS: {
+        if (!ch->call_open) break;
+        srv_call *k = &ch->calls[ch->n_calls - 1];
+        if (!srv_buf_add(&k->args, ev->text, ev->len)) {
+            drop_open_call(ch);
+            break;
+        }
+        if (f->g->live_calls) emit(f->g, f->c, SPUD_OUT_CALL_ARGS, ev->text, ev->len, k);
+        break;
+    }
+    case SPUD_OUT_CALL_END: {
+        if (!ch->call_open) break;
+        srv_call *k = &ch->calls[ch->n_calls - 1];
+        ch->call_open = false;
+        if (!k->args.p) {
+            srv_buf_add(&k->args, "{}", 2);
+            if (f->g->live_calls) emit(f->g, f->c, SPUD_OUT_CALL_ARGS, "{}", 2, k);
+        }
         emit(f->g, f->c, SPUD_OUT_CALL_END, NULL, 0, k);
         break;
+    }
     }
 }
 
@@ -401,7 +420,6 @@ void srv_parse_feed(srv_gen *g, int32_t c, const char *text, size_t len, bool fi
     }
     if (final) {
         spud_out_parser_finish(ch->parser, on_event, &f);
-        call_clear(&ch->pending); /* a call cut short is content already (tool_parse.h) */
-        ch->has_pending = false;
+        drop_open_call(ch); /* a call cut short is content already (tool_parse.h) */
     }
 }

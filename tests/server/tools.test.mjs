@@ -67,7 +67,7 @@ test('streamed tool-call deltas follow OpenAI: index, id, type, name, "" first; 
   const ts = toolsets[0];
   const s = await c.chat.completions.create({ model: 'm', messages: user, tools: ts.tools, tool_choice: 'required', seed: 7, stream: true });
   const calls = [];
-  let finish, content = '';
+  let finish, content = '', fragments = 0;
   for await (const chunk of s) {
     const d = chunk.choices[0]?.delta ?? {};
     content += d.content ?? '';
@@ -83,11 +83,13 @@ test('streamed tool-call deltas follow OpenAI: index, id, type, name, "" first; 
       } else {
         assert.equal(tc.id, undefined);
         calls[tc.index].args += tc.function.arguments;
+        fragments++;
       }
     }
   }
   assert.equal(finish, 'tool_calls');
   assert.ok(calls.length > 0);
+  assert.ok(fragments > calls.length, 'arguments enforced by grammar stream as they are generated');
   assert.doesNotMatch(content, /tool_call/);
   checkCalls(ts.tools, calls.map((k) => ({ id: 'call_x', type: 'function', function: { name: k.name, arguments: k.args } })), 'stream');
 });
@@ -172,4 +174,27 @@ test('responses: function_call output items, streamed events, then function_call
     { role: 'tool', tool_call_id: calls[0].call_id, content: '{"temperature": 21}' }] }));
   const tok = await raw(S, '/tokenize', { body: { content: chat.json.prompt } });
   assert.equal(r3.usage.input_tokens, tok.json.tokens.length);
+});
+
+test('tool_choice auto: calls in the model text are parsed out (complete ones only), streamed and not', async () => {
+  const ts = toolsets[0];
+  // a grammar stands in for a model that decides to call: text, a call, and a malformed call
+  const call = '<tool_call>\n{"name": "get_weather", "arguments": {"location": "Paris", "unit": "celsius"}}\n</tool_call>';
+  const cases = [
+    ['Sure. ' + call, 'Sure.', [['get_weather', { location: 'Paris', unit: 'celsius' }]]],
+    [call + '\n' + call.replace('Paris', 'Rome'), null, [['get_weather', { location: 'Paris', unit: 'celsius' }], ['get_weather', { location: 'Rome', unit: 'celsius' }]]],
+    ['No call: <tool_call>{"name": oops}</tool_call>', 'No call: <tool_call>{"name": oops}</tool_call>', []],
+  ];
+  for (const [text, content, want] of cases) {
+    const grammar = 'root ::= ' + JSON.stringify(text) + '\n';
+    const body = { model: 'm', messages: user, tools: ts.tools, grammar, seed: 1, max_tokens: 200 };
+    const r = await c.chat.completions.create(body);
+    const m = r.choices[0].message;
+    assert.equal(m.content, content, text);
+    assert.deepEqual((m.tool_calls ?? []).map((k) => [k.function.name, JSON.parse(k.function.arguments)]), want, text);
+    assert.equal(r.choices[0].finish_reason, want.length ? 'tool_calls' : 'stop');
+    const fin = await c.chat.completions.stream(body).finalChatCompletion();
+    assert.equal(fin.choices[0].message.content || null, content || null, text);
+    assert.deepEqual((fin.choices[0].message.tool_calls ?? []).map((k) => [k.function.name, JSON.parse(k.function.arguments)]), want);
+  }
 });

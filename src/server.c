@@ -718,16 +718,7 @@ static void template_syntax(spud_server *s, const spud_model *m) {
             spud_free(t);
         }
     }
-    /* the syntaxes tool_grammar.h can enforce; the others are forced into Hermes */
-    s->has_tool_format = true;
-    switch (s->call_syntax) {
-    case SPUD_CALLS_LLAMA3: s->tool_format = SPUD_TOOL_FORMAT_LLAMA3; break;
-    case SPUD_CALLS_MISTRAL: s->tool_format = SPUD_TOOL_FORMAT_MISTRAL; break;
-    case SPUD_CALLS_HERMES: s->tool_format = SPUD_TOOL_FORMAT_HERMES; break;
-    default:
-        s->tool_format = SPUD_TOOL_FORMAT_HERMES;
-        s->has_tool_format = false;
-    }
+    s->tool_format = spud_tool_format_for_syntax(s->call_syntax);
 }
 
 spud_status spud_server_set_model(spud_server *s, const spud_model *m, const spud_engine_params *ep) {

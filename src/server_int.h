@@ -103,8 +103,7 @@ struct spud_server {
     int64_t created;
     spud_chat_template *tmpl; /* the model's chat template; NULL: our ChatML */
     spud_call_syntax call_syntax; /* how the template writes tool calls (HERMES for ChatML) */
-    spud_tool_format tool_format; /* the grammar format of call_syntax */
-    bool has_tool_format;         /* false: call_syntax has no grammar; forced calls use HERMES */
+    spud_tool_format tool_format; /* the grammar format that writes call_syntax */
     bool thinks;                  /* the template writes <think> blocks: split reasoning_content */
 
     pthread_mutex_t mu; /* in_flight */
@@ -272,7 +271,7 @@ typedef struct {
     char param[160];           /* the request field the grammar came from (400s name it) */
     bool tools;                /* tools were given and tool_choice is not none */
     spud_tool_choice choice;
-    spud_call_syntax syntax;   /* the syntax to parse calls in (the grammar's when forced) */
+    spud_call_syntax syntax;   /* the syntax to parse calls in */
     bool user_grammar;         /* gbnf is the request's own "grammar" */
 } srv_constraint;
 

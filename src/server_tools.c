@@ -226,7 +226,6 @@ bool srv_parse_tools(spud_server *s, json_object *tools, json_object *tool_choic
         return srv_fail(e, 400, "tool_choice",
                         "'tool_choice' forces a tool call; it cannot be combined with '%s'", c->param);
     }
-    if (!s->has_tool_format) c->syntax = SPUD_CALLS_HERMES; /* what the grammar below writes */
     spud_tool_grammar tg;
     spud_status st = spud_tool_grammar_build(tools, s->tool_format, choice, fname, parallel, s->model->tok, false, &tg);
     if (st == SPUD_ERR_NOMEM) return srv_fail(e, 500, "", "out of memory");

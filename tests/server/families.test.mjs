@@ -1,6 +1,6 @@
 // Tool calls and reasoning in other families' syntax: servers L (Llama 3.1's template: JSON calls with
 // "parameters"), M (Mistral Nemo's: [TOOL_CALLS] and 9-character call ids) and R (DeepSeek R1 distill's:
-// the generation prompt opens <think>; its call syntax has no grammar, so forced calls are Hermes). All run
+// <｜tool▁calls▁begin｜> calls; the generation prompt opens <think>). All run
 // the tiny random-weight model; every call must be valid (ajv) and multi-step prompts must equal jinja2's.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,7 +16,7 @@ const user = [{ role: 'user', content: 'What is the weather in Paris?' }];
 const servers = [
   { name: 'llama3', url: process.env.SPUD_URL_L, model: process.env.SPUD_MODEL_L, id: /^call_[0-9a-f]{24}$/ },
   { name: 'mistral', url: process.env.SPUD_URL_M, model: process.env.SPUD_MODEL_M, id: /^[A-Za-z0-9]{9}$/ },
-  { name: 'deepseek (forced calls as hermes)', url: process.env.SPUD_URL_R, model: process.env.SPUD_MODEL_R, id: /^call_/ },
+  { name: 'deepseek', url: process.env.SPUD_URL_R, model: process.env.SPUD_MODEL_R, id: /^call_/ },
 ];
 const client = (url) => new OpenAI({ baseURL: url + '/v1', apiKey: 'none', maxRetries: 0, timeout: 300000 });
 

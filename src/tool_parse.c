@@ -181,7 +181,6 @@ struct spud_out_parser {
     mode m;
     bool think;      /* text goes to REASONING */
     bool strip_lead; /* drop whitespace until the next other byte */
-    bool seen_text;  /* a non-whitespace CONTENT byte has been emitted */
     bool harmony_call_ok;
     sbuf hold; /* M_TEXT: a possible marker prefix; M_POST: a possible literal prefix */
     sbuf ws;   /* whitespace held back (of the current text kind) */
@@ -288,7 +287,6 @@ static void emit_text(spud_out_parser *p, int c) {
     }
     char ch = (char)c;
     emit(p, kind, 0, &ch, 1);
-    if (kind == SPUD_OUT_CONTENT) p->seen_text = true;
 }
 
 static void emit_text_n(spud_out_parser *p, const char *s, size_t n) {
@@ -370,6 +368,18 @@ static bool valid_name(const sbuf *b) {
     if (!b->n) return false;
     for (size_t i = 0; i < b->n; i++)
         if ((unsigned char)b->p[i] < 0x21 || b->p[i] == '"' || b->p[i] == '\\') return false;
+    return true;
+}
+
+/* [A-Za-z0-9_.-]{1,64}: what a bare JSON object must name to be a call. */
+static bool plain_name(const sbuf *b) {
+    if (!b->n || b->n > 64) return false;
+    for (size_t i = 0; i < b->n; i++) {
+        char c = b->p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+              c == '.'))
+            return false;
+    }
     return true;
 }
 
@@ -528,7 +538,7 @@ static bool co_step(spud_out_parser *p, int c) {
             p->co_name_esc = true;
             return take(p, c);
         } else if (c == '"') {
-            if (!valid_name(&p->name)) return fail_call(p);
+            if (!valid_name(&p->name) || (p->co_candidate && !plain_name(&p->name))) return fail_call(p);
             p->co_have_name = true;
             p->co = CO_NEXT;
             return take(p, c);
@@ -573,7 +583,8 @@ static bool co_step(spud_out_parser *p, int c) {
         if (c == '}') {
             take(p, c);
             if (--p->co_level > 0) return true;
-            if (!p->co_have_name) {
+            /* a bare JSON object is a call only with both keys: {"name": "Bob"} is text */
+            if (!p->co_have_name || (p->co_candidate && !p->co_have_args)) {
                 fail_call(p);
                 return true;
             }
@@ -828,7 +839,7 @@ static bool marker_on(const spud_out_parser *p, int mk) {
     case SPUD_CALLS_DEEPSEEK:
         return mk == MK_DS_CALLS || mk == MK_DS_CALL;
     case SPUD_CALLS_GENERIC:
-        return mk == MK_BRACE && !p->seen_text;
+        return mk == MK_BRACE;
     default:
         return false;
     }

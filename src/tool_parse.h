@@ -28,7 +28,10 @@
  *   HARMONY  <|channel|>commentary to=functions.f <|constrain|>json<|message|>{...}<|call|>
  *            (gpt-oss; the analysis channel is reasoning, final is content)
  *   GENERIC  {"tool_calls": [{"name": "f", "arguments": {...}}]} or {"name":..,"arguments":..}
- *            as the whole output (models whose template names no syntax)
+ *            (models whose template names no syntax; found anywhere in the output, as
+ *            tool_choice auto's lazy grammar lets text come first)
+ * A bare JSON object (LLAMA3, GENERIC) is a call only with a plain name
+ * ([A-Za-z0-9_.-]{1,64}) and its arguments: {"name": "Bob"} stays text.
  * Reasoning: <think>...</think> (Qwen3, DeepSeek R1 and others) when
  * opts.reasoning; harmony's analysis channel always.
  *

@@ -225,6 +225,9 @@ Test(tool_parse, llama3) {
     /* braces in ordinary text stay text */
     expect(SPUD_CALLS_LLAMA3, false, false, "Use {x} or {\"k\": 1} or {\"name\": 3}.",
            "Use {x} or {\"k\": 1} or {\"name\": 3}.", "", 0, NULL);
+    /* a bare object is a call only with a plain name and its arguments */
+    expect(SPUD_CALLS_LLAMA3, false, false, "{\"name\": \"Bob\"} {\"name\": \"Bob Smith\", \"parameters\": {}}",
+           "{\"name\": \"Bob\"} {\"name\": \"Bob Smith\", \"parameters\": {}}", "", 0, NULL);
 }
 
 Test(tool_parse, mistral) {
@@ -283,8 +286,9 @@ Test(tool_parse, generic) {
            "", "", 1, CALLS("a", "{\"x\": 1}"));
     /* JSON that is not a call; braces after text */
     expect(SPUD_CALLS_GENERIC, false, false, "{\"answer\": 42}", "{\"answer\": 42}", "", 0, NULL);
-    expect(SPUD_CALLS_GENERIC, false, false, "x {\"name\": \"f\", \"arguments\": {}}",
-           "x {\"name\": \"f\", \"arguments\": {}}", "", 0, NULL);
+    expect(SPUD_CALLS_GENERIC, false, false, "{\"name\": \"Bob\", \"age\": 3}", "{\"name\": \"Bob\", \"age\": 3}", "",
+           0, NULL);
+    expect(SPUD_CALLS_GENERIC, false, false, "x {\"name\": \"f\", \"arguments\": {}}", "x", "", 1, CALLS("f", "{}"));
 }
 
 /* A call cut by max_tokens, or malformed inside its markers: its text is content, no CALL_END. */
@@ -469,7 +473,7 @@ static const struct {
     {SPUD_TOOL_FORMAT_GENERIC, SPUD_CALLS_GENERIC, true,
      "{\"tool_calls\": [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, {\"name\": \"ping\", "
      "\"arguments\": {}}]}",
-     "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"},
+     "I will call it. {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"},
 };
 
 Test(tool_parse, grammar_accepts_parser_examples) {
@@ -489,6 +493,14 @@ Test(tool_parse, grammar_accepts_parser_examples) {
         expect(grammar_cases[i].syn, false, false, grammar_cases[i].text, "", "", n,
                CALLS("get_weather", "{\"city\": \"Paris\"}", "ping", "{}"));
         cr_expect_eq(spud_tool_format_for_syntax(grammar_cases[i].syn), grammar_cases[i].fmt);
+        /* what tool_choice auto lets through: text first, then one call the parser finds */
+        spud_out_parser_opts o = {.syntax = grammar_cases[i].syn, .tools = true};
+        result r;
+        parse_all(&o, grammar_cases[i].lazy, &r);
+        cr_expect_eq(r.n_end, 1, "format %zu (auto):\n%s\nevents:%s", i, grammar_cases[i].lazy, s_or_empty(&r.norm));
+        cr_expect_str_eq(r.names[0], "get_weather");
+        cr_expect(!strstr(s_or_empty(&r.content), "get_weather"), "call text in content: %s", s_or_empty(&r.content));
+        result_free(&r);
     }
     spud_grammar_vocab_free(v);
 }

@@ -725,6 +725,9 @@ bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **out, srv_erro
     return ok;
 }
 
+static bool completion_prompt(spud_server *s, json_object *body, json_object *prompt, bool echo, srv_gen *g,
+                              spud_engine_req_params *pp, srv_constraint *con, srv_error *e);
+
 bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, srv_error *e) {
     json_object *prompt = NULL;
     int32_t n;
@@ -733,12 +736,29 @@ bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, sr
     if (!json_object_object_get_ex(body, "prompt", &prompt) || !prompt)
         return srv_fail(e, 400, "prompt", "'prompt' is required");
     if (!parse_n(s, body, &n, e)) return false;
+    srv_constraint con = {0}; /* response_format and grammar apply to completions too (as in llama-server) */
+    json_object *rf = NULL;
+    json_object_object_get_ex(body, "response_format", &rf);
+    if (!srv_parse_format(rf, "response_format", false, &con, e) || !srv_parse_grammar(body, &con, e)) {
+        srv_constraint_free(&con);
+        return false;
+    }
     srv_gen *g = *out = srv_gen_new(s, API_COMPLETION, ROUTE_COMPLETIONS, n);
-    if (!g) return srv_fail(e, 500, "", "out of memory");
     spud_engine_req_params p = {0};
     const char *stop[SPUD_ENGINE_MAX_STOP];
     bool echo = false;
-    if (!parse_common(s, body, false, g, &p, stop, e) || !srv_opt_bool(body, "echo", &echo, e)) return false;
+    bool ok = g != NULL;
+    if (!ok) srv_fail(e, 500, "", "out of memory");
+    ok = ok && parse_common(s, body, false, g, &p, stop, e) && srv_opt_bool(body, "echo", &echo, e);
+    ok = ok && completion_prompt(s, body, prompt, echo, g, &p, &con, e);
+    srv_constraint_free(&con);
+    return ok;
+}
+
+/* The prompt of a completion (a string or token ids), then submit. */
+static bool completion_prompt(spud_server *s, json_object *body, json_object *prompt, bool echo, srv_gen *g,
+                              spud_engine_req_params *pp, srv_constraint *con, srv_error *e) {
+    spud_engine_req_params p = *pp;
 
     /* a string, or one prompt in an array: [string], [ids...], [[ids...]] */
     if (json_object_is_type(prompt, json_type_array) && json_object_array_length(prompt) == 1) {
@@ -797,7 +817,7 @@ bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, sr
     }
     p.prompt = ids;
     p.n_prompt = n_ids;
-    bool ok = finish_prepare(s, body, g, &p, NULL, e);
+    bool ok = finish_prepare(s, body, g, &p, con, e);
     spud_free(ids);
     return ok;
 }

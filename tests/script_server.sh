@@ -100,11 +100,12 @@ stop M "$PID_M"
 stop R "$PID_R"
 stop A "$PID_A"
 
-# The shutdown wait is bounded: a stream longer than --shutdown-timeout is cut off with an error event.
-start C -m "$tmp/slow.gguf" --parallel 1 --ctx-size 4096 -t 2 --shutdown-timeout 1
+# The shutdown wait is bounded: a stream longer than --shutdown-timeout is cut off with an error event
+# (32000 tokens: longer than 1 s even on an idle machine).
+start C -m "$tmp/slow.gguf" --parallel 1 --ctx-size 32768 -t 2 --shutdown-timeout 1
 node -e '
   const [url, out] = process.argv.slice(1);
-  const body = { messages: [{ role: "user", content: "Go" }], max_tokens: 4000, temperature: 0, stream: true,
+  const body = { messages: [{ role: "user", content: "Go" }], max_tokens: 32000, temperature: 0, stream: true,
                  logit_bias: { 509: -100, 510: -100, 511: -100 } };
   fetch(url, { method: "POST", body: JSON.stringify(body) }).then(async (r) => {
     const f = require("fs").openSync(out, "w");

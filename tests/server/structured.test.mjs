@@ -114,6 +114,22 @@ test('grammar: a GBNF string constrains the output (llama-server extension)', as
   }
 });
 
+test('completions: grammar and response_format constrain /v1/completions too', async () => {
+  for (const seed of [1, 2]) {
+    const r = await c.completions.create({ model: 'm', prompt: 'Numbers:', seed, max_tokens: 100, grammar: 'root ::= [0-9]{3} ("-" [0-9]{3}){2}\n' });
+    assert.match(r.choices[0].text, /^[0-9]{3}(-[0-9]{3}){2}$/);
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    const schema = { type: 'array', items: { type: 'boolean' }, minItems: 2, maxItems: 4 };
+    const j = await c.completions.create({ model: 'm', prompt: 'JSON:', seed, max_tokens: 200, stream: true,
+      response_format: { type: 'json_schema', json_schema: { name: 'x', schema, strict: true } } });
+    let text = '';
+    for await (const ch of j) text += ch.choices[0]?.text ?? '';
+    assert.equal(validate(schema, JSON.parse(text)), null, text);
+  }
+  const bad = await raw(S, '/v1/completions', { body: { model: 'm', prompt: 'x', grammar: 'root ::= [0-9' } });
+  assertErrorShape(assert, bad, 400, 'grammar');
+});
+
 test('responses: text.format json_schema validates, streamed and not', async () => {
   for (const [i, sc] of schemas.slice(0, 12).entries()) {
     const body = { model: 'm', input: 'JSON please', max_output_tokens: 3800, seed: i, store: false,

@@ -913,6 +913,10 @@ static void marker_act(spud_out_parser *p, int mk) {
 }
 
 static bool text_step(spud_out_parser *p, int c) {
+    if (!p->hold.n && c != '<' && c != '{' && c != '[') {
+        emit_text(p, c); /* every marker starts with one of these */
+        return true;
+    }
     sb_addc(p, &p->hold, c);
     while (p->hold.n && !p->err) {
         bool prefix = false;

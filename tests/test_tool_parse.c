@@ -13,8 +13,28 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include "core.h"
 #include "tool_parse.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define HAVE_LSAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HAVE_LSAN 1
+#endif
+#endif
+#ifdef HAVE_LSAN
+#include <sanitizer/lsan_interface.h>
+#endif
+
+/* Criterion ignores a leak report at process exit: under ASan, tests end with a leak check of their own. */
+static void check_leaks(void) {
+#ifdef HAVE_LSAN
+    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "memory leaked (see the report above)");
+#endif
+}
 
 #define MAX_CALLS 64
 
@@ -357,6 +377,7 @@ Test(tool_parse, garbage_never_crashes) {
             result_free(&bytes);
         }
     }
+    check_leaks();
 }
 
 Test(tool_parse, detect) {
@@ -559,6 +580,7 @@ Test(tool_parse, parser_reads_grammar_forced_output) {
         free(trig);
     }
     spud_grammar_vocab_free(v);
+    check_leaks();
 }
 
 /* ---- round trips through the real templates ----
@@ -709,6 +731,7 @@ Test(tool_parse, template_round_trips) {
     unlink(ds3);
     free(qwen3);
     free(ds3);
+    check_leaks();
 }
 
 /* Text is released as soon as it cannot be a marker; arguments stream while the call is generated. */
@@ -767,6 +790,7 @@ Test(tool_parse, bounded_memory) {
     cr_expect_eq(r.content.n, 400 * sizeof chunk);
     spud_out_parser_free(p);
     result_free(&r);
+    check_leaks();
 }
 
 Test(tool_parse, allocation_failures) {
@@ -788,4 +812,39 @@ Test(tool_parse, allocation_failures) {
         cr_expect(st == SPUD_ERR_NOMEM, "failure %ld: %s", n, spud_last_error());
     }
     cr_expect(n > 5 && n < 200, "allocations tried: %ld", n);
+    check_leaks();
+}
+
+/* The fuzzer's seeds and kept inputs (fuzz/corpus/tool_parse, format in
+ * fuzz/fuzz_tool_parse.c): whole text and byte by byte agree, nothing leaks. */
+Test(tool_parse, fuzz_corpus) {
+    const char *dir = SPUD_SOURCE_DIR "/fuzz/corpus/tool_parse";
+    DIR *d = opendir(dir);
+    cr_assert(d, "%s", dir);
+    struct dirent *e;
+    int n_files = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        char *data = NULL;
+        size_t n = 0;
+        cr_assert_eq(spud_read_file(path, &data, &n), SPUD_OK, "%s", spud_last_error());
+        if (n >= 2) {
+            unsigned char b = (unsigned char)data[0];
+            spud_out_parser_opts o = {.syntax = (spud_call_syntax)(b % 6), .tools = (b / 6) & 1,
+                                      .reasoning = (b / 12) & 1, .in_reasoning = (b / 24) & 1};
+            result whole, bytes;
+            parse_pieces(&o, data + 2, n - 2, 0, 0, &whole);
+            parse_pieces(&o, data + 2, n - 2, 1, 0, &bytes);
+            cr_expect_str_eq(s_or_empty(&bytes.norm), s_or_empty(&whole.norm), "%s", path);
+            result_free(&whole);
+            result_free(&bytes);
+        }
+        spud_free(data);
+        n_files++;
+    }
+    closedir(d);
+    cr_expect_gt(n_files, 5);
+    check_leaks();
 }

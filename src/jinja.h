@@ -69,10 +69,12 @@ spud_status spud_jinja_render(const spud_jinja_template *t, json_object *vars,
  * Every string inside `vars` (dict keys included) is untrusted, except
  * under the top-level names in opts->trusted. Taint follows the bytes:
  * concatenation (+, ~, join, format, indent, center), slicing, indexing,
- * iteration, split, splitlines, strip/trim, replace and removeprefix keep
- * each byte's own taint; operations that rewrite characters (case changes,
- * escapes, repr, tojson) taint their whole result when any input byte is
- * tainted. Numbers, booleans and none carry no taint (they print only
+ * iteration, split, splitlines, strip/trim and removeprefix keep each
+ * byte's own taint; replace does too, except that text put into a string
+ * with any taint is tainted, and a tainted `old` taints the whole result;
+ * operations that rewrite characters (case changes, escapes, repr, tojson)
+ * and a tainted format string taint their whole result when any input byte
+ * is tainted. Numbers, booleans and none carry no taint (they print only
  * digits and fixed words), nor does which branch a condition takes. */
 spud_status spud_jinja_render_taint(const spud_jinja_template *t, json_object *vars,
                                     const spud_jinja_opts *opts, char **out, size_t *out_len,

@@ -441,3 +441,37 @@ Test(taint, phi3_and_mistral_templates) {
     check_template(&v, "mistralai-Mistral-Nemo-Instruct-2407.jinja");
     vocab_close(&v);
 }
+
+/* Every allocation of a tainted render (masks included) may fail: an error, never a crash or a leak. */
+Test(taint, out_of_memory_is_an_error) {
+    const char *src = "{% for m in messages %}{{ '<|s|>' + m.role + '\\n' }}{% set c %}[{{ m.content | trim }}]"
+                      "{% endset %}{{ c ~ (m | tojson) }}{{ m.content.split(' ') | join('-') }}{% endfor %}";
+    json_object *v = json_tokener_parse("{\"messages\": [{\"role\": \"user\", \"content\": \" a b \"}]}");
+    for (long n = 0; n < 400; n++) {
+        spud_jinja_template *t = NULL;
+        char *out = NULL;
+        uint8_t *taint = NULL;
+        size_t len;
+        spud_alloc_fail_after(n);
+        spud_status st = spud_jinja_parse(src, strlen(src), &t);
+        if (st == SPUD_OK) st = spud_jinja_render_taint(t, v, NULL, &out, &len, &taint);
+        spud_alloc_fail_after(-1);
+        spud_jinja_free(t);
+        if (st == SPUD_OK) {
+            const char *want = "<|s|>user\n[a b]{\"role\": \"user\", \"content\": \" a b \"}-a-b-";
+            cr_assert_str_eq(out, want);
+            /* <|s|> user \n [ a b ] { "role" : "user" , "content" : " a b " } -a-b- */
+            const char *mask = "00000" "1111" "0" "0" "111" "0" "0" "111111" "00" "111111" "00" "111111111" "00"
+                               "1111111" "0" "01010";
+            cr_assert_eq(strlen(mask), len);
+            for (size_t i = 0; i < len; i++) cr_expect_eq(taint[i], mask[i] - '0', "byte %zu '%c'", i, out[i]);
+            spud_free(out);
+            spud_free(taint);
+            json_object_put(v);
+            return;
+        }
+        cr_assert_eq(st, SPUD_ERR_NOMEM, "allocation %ld: %s", n, spud_last_error());
+        cr_assert_null(taint);
+    }
+    cr_assert_fail("never succeeded");
+}

@@ -846,11 +846,19 @@ static bool marker_on(const spud_out_parser *p, int mk) {
 }
 
 /* Does marker mk (its text, or one of several) equal s, or begin with it? */
-static int marker_match(int mk, const char *s, size_t n, bool *prefix) {
+static int marker_match(const spud_out_parser *p, int mk, const char *s, size_t n, bool *prefix) {
     static const char *const h_end[] = {"<|end|>", "<|return|>", "<|call|>", NULL};
     static const char *const h_drop[] = {"<|message|>", "<|constrain|>", NULL};
+    /* Magistral thinks in [THINK]...[/THINK] */
+    static const char *const mi_open[] = {"<think>", "[THINK]", NULL};
+    static const char *const mi_close[] = {"</think>", "[/THINK]", NULL};
     const char *one[2] = {marker_text[mk], NULL};
-    const char *const *list = mk == MK_H_END ? h_end : mk == MK_H_DROP ? h_drop : one;
+    bool mi = p->o.syntax == SPUD_CALLS_MISTRAL;
+    const char *const *list = mk == MK_H_END                 ? h_end
+                              : mk == MK_H_DROP              ? h_drop
+                              : mi && mk == MK_THINK_OPEN  ? mi_open
+                              : mi && mk == MK_THINK_CLOSE ? mi_close
+                                                           : one;
     for (int i = 0; list[i]; i++) {
         size_t L = strlen(list[i]);
         if (L == n && !memcmp(list[i], s, n)) return 1;
@@ -923,7 +931,7 @@ static bool text_step(spud_out_parser *p, int c) {
         int full = -1;
         for (int mk = 0; mk < MK_COUNT; mk++) {
             if (!marker_on(p, mk)) continue;
-            if (marker_match(mk, p->hold.p, p->hold.n, &prefix)) full = mk;
+            if (marker_match(p, mk, p->hold.p, p->hold.n, &prefix)) full = mk;
         }
         if (full >= 0) {
             sb_clear(&p->hold);

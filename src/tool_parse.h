@@ -32,8 +32,9 @@
  *            tool_choice auto's lazy grammar lets text come first)
  * A bare JSON object (LLAMA3, GENERIC) is a call only with a plain name
  * ([A-Za-z0-9_.-]{1,64}) and its arguments: {"name": "Bob"} stays text.
- * Reasoning: <think>...</think> (Qwen3, DeepSeek R1 and others) when
- * opts.reasoning; harmony's analysis channel always.
+ * Reasoning: <think>...</think> (Qwen3, DeepSeek R1 and others; MISTRAL also
+ * [THINK]...[/THINK], Magistral) when opts.reasoning; harmony's analysis
+ * channel always.
  *
  * A call that never completes (output cut by max_tokens) is not reported as
  * a call: finish() emits its text as CONTENT, so nothing is lost.

@@ -256,6 +256,9 @@ Test(tool_parse, mistral) {
            "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"x\": 1}, \"id\": \"abcdefghi\"}, {\"name\": \"b\", "
            "\"arguments\": {\"s\": \"]\"}, \"id\": \"123456789\"}]",
            "", "", 2, CALLS("a", "{\"x\": 1}", "b", "{\"s\": \"]\"}"));
+    /* Magistral: [THINK]...[/THINK] */
+    expect(SPUD_CALLS_MISTRAL, true, false, "[THINK]Paris, so call.[/THINK][TOOL_CALLS]f[ARGS]{}", "", "Paris, so call.",
+           1, CALLS("f", "{}"));
     /* newer: [TOOL_CALLS]name[ARGS]{...} */
     expect(SPUD_CALLS_MISTRAL, false, false,
            "Checking.[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]f[CALL_ID]abc123456[ARGS]{}", "Checking.",

@@ -198,3 +198,18 @@ test('tool_choice auto: calls in the model text are parsed out (complete ones on
     assert.deepEqual((fin.choices[0].message.tool_calls ?? []).map((k) => [k.function.name, JSON.parse(k.function.arguments)]), want);
   }
 });
+
+test('n choices each parse their own calls', async () => {
+  const ts = toolsets[2];
+  const body = { model: 'm', messages: user, tools: ts.tools, tool_choice: 'required', seed: 5, n: 3 };
+  const r = await c.chat.completions.create(body);
+  assert.equal(r.choices.length, 3);
+  for (const ch of r.choices) {
+    assert.equal(ch.finish_reason, 'tool_calls');
+    checkCalls(ts.tools, ch.message.tool_calls, `choice ${ch.index}`);
+  }
+  const fin = await c.chat.completions.stream(body).finalChatCompletion();
+  for (const ch of fin.choices)
+    assert.deepEqual(ch.message.tool_calls.map((k) => [k.function.name, k.function.arguments]),
+      r.choices[ch.index].message.tool_calls.map((k) => [k.function.name, k.function.arguments]));
+});

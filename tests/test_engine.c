@@ -441,6 +441,26 @@ Test(engine, grammar) {
     collected_free(&c);
     spud_engine_req_release(r);
 
+    /* lazy (tool_choice auto): free text until the trigger, then the grammar; finished ends it */
+    static const char lazy[] = "root ::= \"[\" [0-9]{1,4} \"]\"\n";
+    const char *trig[1] = {"e"};
+    regex_t lre;
+    cr_assert_eq(regcomp(&lre, "^[^e]*e\\[[0-9]{1,4}\\]$", REG_EXTENDED | REG_NOSUB), 0);
+    for (int seed = 0; seed < 4; seed++) {
+        p = greedy(ids, n, 200);
+        p.sampling = (spud_sampler_params){.temp = 1.0f, .seed = (uint64_t)seed};
+        p.triggers = trig;
+        p.n_triggers = 1;
+        cr_assert_eq(spud_grammar_parse(lazy, strlen(lazy), &p.grammar), SPUD_OK);
+        cr_assert_eq(spud_engine_submit(e, &p, &r), SPUD_OK, "%s", spud_last_error());
+        collect(r, 1, &c);
+        cr_expect_eq(regexec(&lre, c.text[0], 0, NULL, 0), 0, "seed %d: '%s'", seed, c.text[0]);
+        cr_expect_eq(c.finish[0], SPUD_FINISH_STOP, "seed %d", seed);
+        collected_free(&c);
+        spud_engine_req_release(r);
+    }
+    regfree(&lre);
+
     static const char bad[] = "root ::= <no-such-token> \"x\"\n";
     p = greedy(ids, n, 2);
     cr_assert_eq(spud_grammar_parse(bad, strlen(bad), &p.grammar), SPUD_OK);

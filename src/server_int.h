@@ -148,6 +148,9 @@ typedef struct {
     bool parse_failed; /* the parser gave up (too long): the rest is content */
     int32_t item_index; /* responses: output_index of the message item, once msg_opened */
     bool msg_opened, msg_closed;
+    int32_t rs_index;   /* responses: output_index of the reasoning item, once rs_opened */
+    bool rs_opened, rs_closed;
+    char rs_id[48];
 } srv_choice;
 
 typedef struct srv_gen {

@@ -275,6 +275,24 @@ static json_object *output_item(srv_gen *g, const char *status, bool with_conten
     return item;
 }
 
+/* The reasoning output item: the text inside the template's think block. */
+static json_object *reasoning_item(srv_gen *g, const char *status, bool with_text) {
+    srv_choice *ch = &g->ch[0];
+    json_object *item = json_object_new_object(), *content = json_object_new_array();
+    json_object_object_add(item, "id", json_object_new_string(ch->rs_id));
+    json_object_object_add(item, "type", json_object_new_string("reasoning"));
+    json_object_object_add(item, "status", json_object_new_string(status));
+    json_object_object_add(item, "summary", json_object_new_array());
+    if (with_text) {
+        json_object *part = json_object_new_object();
+        json_object_object_add(part, "type", json_object_new_string("reasoning_text"));
+        json_object_object_add(part, "text", srv_json_string_lossy(ch->reasoning.p ? ch->reasoning.p : "", ch->reasoning.n));
+        json_object_array_add(content, part);
+    }
+    json_object_object_add(item, "content", content);
+    return item;
+}
+
 /* The id of a call's output item: the call id with fc_ for call_. */
 static void call_item_id(const srv_call *k, char *id, size_t cap) {
     snprintf(id, cap, "fc_%s", strncmp(k->id, "call_", 5) ? k->id : k->id + 5);
@@ -300,15 +318,17 @@ static json_object *call_item(const srv_call *k, const char *status, bool with_a
 static json_object *output_items(srv_gen *g, const char *status) {
     srv_choice *ch = &g->ch[0];
     json_object *out = json_object_new_array();
-    if (!g->parse || (!ch->msg_opened && ch->n_calls == 0)) {
+    if (!g->parse) {
         json_object_array_add(out, output_item(g, status, true));
         return out;
     }
     for (int32_t idx = 0; idx < g->n_items; idx++) {
+        if (ch->rs_opened && ch->rs_index == idx) json_object_array_add(out, reasoning_item(g, status, true));
         if (ch->msg_opened && ch->item_index == idx) json_object_array_add(out, output_item(g, status, true));
         for (int32_t k = 0; k < ch->n_calls; k++)
             if (ch->calls[k].item_index == idx) json_object_array_add(out, call_item(&ch->calls[k], "completed", true));
     }
+    if (!ch->msg_opened && ch->n_calls == 0) json_object_array_add(out, output_item(g, status, true));
     return out;
 }
 
@@ -426,8 +446,50 @@ static void call_args_delta(srv_gen *g, const srv_call *k, const char *text, siz
     event(g, "response.function_call_arguments.delta", o);
 }
 
+static json_object *rs_at(srv_gen *g) {
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "item_id", json_object_new_string(g->ch[0].rs_id));
+    json_object_object_add(o, "output_index", json_object_new_int(g->ch[0].rs_index));
+    json_object_object_add(o, "content_index", json_object_new_int(0));
+    return o;
+}
+
+/* End the reasoning item of a stream (once). */
+static void reasoning_close(srv_gen *g, const char *status) {
+    srv_choice *ch = &g->ch[0];
+    if (!g->stream || !ch->rs_opened || ch->rs_closed) return;
+    ch->rs_closed = true;
+    json_object *o = rs_at(g);
+    json_object_object_add(o, "text", srv_json_string_lossy(ch->reasoning.p ? ch->reasoning.p : "", ch->reasoning.n));
+    event(g, "response.reasoning_text.done", o);
+    o = json_object_new_object();
+    json_object_object_add(o, "output_index", json_object_new_int(ch->rs_index));
+    json_object_object_add(o, "item", reasoning_item(g, status, true));
+    event(g, "response.output_item.done", o);
+}
+
 void srv_responses_stream_piece(srv_gen *g, int kind, const char *text, size_t len, const srv_call *call) {
     srv_choice *ch = &g->ch[0];
+    if (kind == SPUD_OUT_REASONING) {
+        if (!ch->rs_opened) {
+            ch->rs_opened = true;
+            ch->rs_index = g->n_items++;
+            srv_random_id(ch->rs_id, sizeof ch->rs_id, "rs_");
+            if (g->stream) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "output_index", json_object_new_int(ch->rs_index));
+                json_object_object_add(o, "item", reasoning_item(g, "in_progress", false));
+                event(g, "response.output_item.added", o);
+            }
+        }
+        if (g->stream && !ch->rs_closed) {
+            json_object *o = rs_at(g);
+            json_object_object_add(o, "delta", srv_json_string_lossy(text, len));
+            event(g, "response.reasoning_text.delta", o);
+        }
+        return;
+    }
+    reasoning_close(g, "completed"); /* the answer has begun */
     if (kind == SPUD_OUT_CONTENT) {
         if (!ch->msg_opened) {
             ch->msg_opened = true;
@@ -471,6 +533,7 @@ void srv_responses_stream_end(srv_gen *g) {
         if (!g->parse) {
             msg_close_events(g, status);
         } else {
+            reasoning_close(g, status);
             if (!ch->msg_opened && ch->n_calls == 0) { /* nothing but reasoning (or nothing): an empty message */
                 ch->msg_opened = true;
                 ch->item_index = g->n_items++;
@@ -584,7 +647,7 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     }
     srv_constraint con = {0};
     json_object *ctools = tools ? chat_tools(tools) : NULL;
-    if (!srv_parse_format(fmt, "text.format", true, &con, e) ||
+    if (!srv_parse_format(fmt, "text.format", true, &con, e) || !srv_parse_grammar(body, &con, e) ||
         !srv_parse_tools(s, ctools, tool_choice, parallel, true, &con, e)) {
         srv_constraint_free(&con);
         if (ctools) json_object_put(ctools);

@@ -79,6 +79,28 @@ test('reasoning: a prompt that opens <think> splits reasoning_content from conte
     assert.equal(reasoning, m.reasoning_content);
     assert.equal(content, m.content);
   }
+  // Responses: a reasoning output item (reasoning_text), then the message
+  const rbody = { model: 'm', input: 'Weather?', seed: 1, grammar, max_output_tokens: 200, store: false };
+  const rr = await c.responses.create(rbody);
+  assert.deepEqual(rr.output.map((o) => o.type), ['reasoning', 'message']);
+  assert.match(rr.output[0].content[0].text, /^Let me see[a-z ]{0,12}$/);
+  assert.match(rr.output_text, /^Answer: [0-9]{1,3}$/);
+  const rs = await c.responses.create({ ...rbody, stream: true });
+  let rdelta = '', rdone, tdelta = '', final;
+  for await (const ev of rs) {
+    if (ev.type === 'response.reasoning_text.delta') rdelta += ev.delta;
+    if (ev.type === 'response.reasoning_text.done') rdone = ev.text;
+    if (ev.type === 'response.output_text.delta') tdelta += ev.delta;
+    if (ev.type === 'response.completed') final = ev.response;
+  }
+  assert.equal(rdelta, rr.output[0].content[0].text);
+  assert.equal(rdone, rdelta);
+  assert.equal(tdelta, rr.output_text);
+  assert.deepEqual(final.output.map((o) => o.type), ['reasoning', 'message']);
+  // no </think> at all (a random model): everything is reasoning, the message is empty
+  const only = await c.responses.create({ model: 'm', input: 'x', seed: 3, max_output_tokens: 6, store: false });
+  assert.deepEqual(only.output.map((o) => o.type), ['reasoning', 'message']);
+  assert.equal(only.output_text, '');
   // a template without <think> leaves the same text in content
   const plain = await client(process.env.SPUD_URL_L).chat.completions.create({ model: 'm', messages: user, seed: 1, grammar, max_tokens: 200 });
   assert.match(plain.choices[0].message.content, /^Let me see[a-z ]{0,12}<\/think>\n\nAnswer: [0-9]{1,3}$/);

@@ -5,6 +5,8 @@
  *   pp N   one batch of N tokens decoded at depth D (tokens/s and GFLOP/s)
  *   tg N   N tokens decoded one call each at depth D (tokens/s and GB/s of
  *          weights plus KV cache read per token)
+ *   --batch B: tg runs B sequences decoding together, one row each per call
+ *          (as `spud serve --parallel B` does), and reports aggregate tokens/s
  *
  * Depth D (--ctx-depth) puts D positions in the cache before each test. By
  * default they are synthetic rows written straight into the cache (what a
@@ -26,7 +28,7 @@
 static void bench_usage(FILE *f) {
     fprintf(f,
             "usage: spud bench -m MODEL [-p N] [-n N] [-t THREADS] [-r REPS] [--ctx-depth D[,D...]]\n"
-            "                  [--real-depth] [--kv-type f16|f32|q8_0] [--json]\n"
+            "                  [--real-depth] [--kv-type f16|f32|q8_0] [--batch B] [--json]\n"
             "       spud bench --memory [-t THREADS] [-r REPS] [--json]\n"
             "Measure prompt processing (pp: one batch of N tokens) and generation (tg: N tokens,\n"
             "one decode call each), as tokens/s mean and standard deviation over REPS runs after\n"
@@ -40,6 +42,8 @@ static void bench_usage(FILE *f) {
             "  --ctx-depth D   positions already in the cache (default 0; a comma list runs each)\n"
             "  --real-depth    fill the depth by decoding tokens (default: synthetic cache rows)\n"
             "  --kv-type T     KV cache element type: f16, f32 or q8_0 (default: the library's choice)\n"
+            "  --batch B       tg decodes B sequences together, one row (with logits) each per call,\n"
+            "                  and reports their aggregate tokens/s (default 1)\n"
             "  --memory        measure memory read bandwidth instead: a 1 GiB buffer streamed by the\n"
             "                  f32 dot and by the q8_0 dot (as decode reads weights) on the threads;\n"
             "                  the limit is the best run of either\n"
@@ -215,15 +219,17 @@ static void fill_tokens(int32_t *ids, int64_t n, int32_t n_vocab, uint64_t seed)
 }
 
 /* Cache holds `depth` positions of sequence 0 (the bench fills it once per
- * depth; tests truncate back to it). */
-static int set_depth(spud_ctx *ctx, uint32_t depth, bool real, int32_t n_vocab) {
+ * depth; tests truncate back to it); synthetic depths fill all n_seq
+ * sequences. */
+static int set_depth(spud_ctx *ctx, uint32_t n_seq, uint32_t depth, bool real, int32_t n_vocab) {
     spud_ctx_reset(ctx);
     if (depth == 0) return 0;
     if (!real) {
-        if (spud_decoder_fill_synthetic(ctx, 0, depth, 12345)) {
-            cli_error("bench", "%s", spud_last_error());
-            return 1;
-        }
+        for (uint32_t s = 0; s < n_seq; s++)
+            if (spud_decoder_fill_synthetic(ctx, s, depth, 12345 + s)) {
+                cli_error("bench", "%s", spud_last_error());
+                return 1;
+            }
         return 0;
     }
     int32_t *ids = malloc(sizeof *ids * 512);
@@ -251,7 +257,7 @@ typedef struct {
 
 int cmd_bench(int argc, char **argv) {
     const char *cmd = "bench", *model_path = NULL;
-    int64_t n_prompt = 512, n_gen = 128, n_threads = 0, reps = 3;
+    int64_t n_prompt = 512, n_gen = 128, n_threads = 0, reps = 3, n_batch = 1;
     uint32_t depths[BENCH_MAX_DEPTHS] = {0};
     int n_depths = 1;
     bool json = false, memory = false, real_depth = false;
@@ -314,6 +320,9 @@ int cmd_bench(int argc, char **argv) {
                 cli_error(cmd, "bad value for --kv-type: '%s' (f16, f32 or q8_0)", val);
                 return 2;
             }
+        } else if (!strcmp(a, "--batch")) {
+            NEEDS_VALUE;
+            if (!cli_parse_i64(cmd, a, val, 1, 256, &n_batch)) return 2;
         } else if (!strcmp(a, "--real-depth")) {
             real_depth = true;
         } else if (!strcmp(a, "--memory")) {
@@ -331,6 +340,10 @@ int cmd_bench(int argc, char **argv) {
         cli_error(cmd, "give a model with -m MODEL, or --memory (see spud bench --help)");
         return 2;
     }
+    if (n_batch > 1 && real_depth) {
+        cli_error(cmd, "--batch takes synthetic depths only (leave out --real-depth)");
+        return 2;
+    }
     if (n_prompt == 0 && n_gen == 0) {
         cli_error(cmd, "nothing to measure: -p 0 and -n 0");
         return 2;
@@ -340,6 +353,9 @@ int cmd_bench(int argc, char **argv) {
     spud_model *model = NULL;
     spud_ctx *ctx = NULL;
     int32_t *ids = NULL;
+    spud_input *rows = NULL;
+    uint32_t *seqs = NULL;
+    bool *want = NULL;
     double *tps = calloc((size_t)reps, sizeof *tps);
     bench_result results[2 * BENCH_MAX_DEPTHS];
     int n_results = 0;
@@ -359,13 +375,17 @@ int cmd_bench(int argc, char **argv) {
     spud_ctx_params cp = spud_ctx_default_params();
     cp.n_ctx = (uint32_t)n_ctx;
     cp.kv_type = kv_type;
+    cp.n_seq = (uint32_t)n_batch;
     if (n_ctx > UINT32_MAX || spud_ctx_new_params(model, &cp, &ctx)) {
         cli_error(cmd, "%s", spud_last_error());
         goto done;
     }
     int32_t nv = spud_model_n_vocab(model);
-    ids = malloc(sizeof *ids * (size_t)(n_prompt > n_gen ? n_prompt : n_gen));
-    if (!ids) {
+    ids = malloc(sizeof *ids * (size_t)(n_prompt > n_gen * n_batch ? n_prompt : n_gen * n_batch));
+    rows = calloc((size_t)n_batch, sizeof *rows);
+    seqs = calloc((size_t)n_batch, sizeof *seqs);
+    want = calloc((size_t)n_batch, sizeof *want);
+    if (!ids || !rows || !seqs || !want) {
         cli_error(cmd, "out of memory");
         goto done;
     }
@@ -383,7 +403,7 @@ int cmd_bench(int argc, char **argv) {
 
     for (int d = 0; d < n_depths; d++) {
         const uint32_t depth = depths[d];
-        if (set_depth(ctx, depth, real_depth, nv)) goto done;
+        if (set_depth(ctx, (uint32_t)n_batch, depth, real_depth, nv)) goto done;
         if (n_prompt > 0) {
             for (int r = -1; r < reps; r++) { /* r = -1: warm-up */
                 spud_ctx_seq_truncate(ctx, 0, depth);
@@ -408,24 +428,40 @@ int cmd_bench(int argc, char **argv) {
         }
         if (n_gen > 0) {
             for (int r = -1; r < reps; r++) {
-                spud_ctx_seq_truncate(ctx, 0, depth);
-                fill_tokens(ids, n_gen, nv, (uint64_t)r + 1000);
+                for (uint32_t s = 0; s < (uint32_t)n_batch; s++) spud_ctx_seq_truncate(ctx, s, depth);
+                fill_tokens(ids, n_gen * n_batch, nv, (uint64_t)r + 1000);
                 double t0 = spud_time_s();
                 for (int64_t k = 0; k < (r < 0 ? 4 : n_gen); k++) {
-                    if (spud_decode_tokens(ctx, &ids[k], 1, NULL)) {
+                    spud_status st;
+                    if (n_batch == 1) {
+                        st = spud_decode_tokens(ctx, &ids[k], 1, NULL);
+                    } else { /* one row per sequence, each with logits, as the server decodes */
+                        for (int64_t s = 0; s < n_batch; s++) {
+                            rows[s] = (spud_input){.token = ids[k * n_batch + s]};
+                            seqs[s] = (uint32_t)s;
+                            want[s] = true;
+                        }
+                        const spud_batch b = {.in = rows, .seq = seqs, .want_logits = want, .n = (size_t)n_batch};
+                        const float *lg;
+                        st = spud_decode_batch(ctx, &b, &lg);
+                    }
+                    if (st) {
                         cli_error(cmd, "%s", spud_last_error());
                         goto done;
                     }
                 }
-                if (r >= 0) tps[r] = (double)n_gen / (spud_time_s() - t0);
+                if (r >= 0) tps[r] = (double)(n_gen * n_batch) / (spud_time_s() - t0);
             }
             bench_result *res = &results[n_results++];
-            snprintf(res->name, sizeof res->name, "tg%lld", (long long)n_gen);
+            if (n_batch == 1)
+                snprintf(res->name, sizeof res->name, "tg%lld", (long long)n_gen);
+            else
+                snprintf(res->name, sizeof res->name, "tg%lldx%lld", (long long)n_gen, (long long)n_batch);
             res->depth = depth;
             res->tps = stat_of(tps, (int)reps);
             /* mean positions attended per token: depth + 1 .. depth + n_gen */
             double kv = (double)kv_tok * ((double)depth + ((double)n_gen + 1) / 2);
-            res->rate = ((double)wbytes + kv) * res->tps.mean / 1e9;
+            res->rate = ((double)wbytes / (double)n_batch + kv) * res->tps.mean / 1e9;
             if (!json)
                 fprintf(stderr, "  %-8s depth %6u: %8.2f ± %.2f tok/s  %7.2f GB/s\n", res->name, depth,
                         res->tps.mean, res->tps.sd, res->rate);
@@ -456,6 +492,9 @@ int cmd_bench(int argc, char **argv) {
 done:
     free(tps);
     free(ids);
+    free(rows);
+    free(seqs);
+    free(want);
     spud_ctx_free(ctx);
     spud_model_free(model);
     return rc;

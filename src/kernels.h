@@ -46,6 +46,8 @@ typedef struct {
     spud_from_float_fn from_float[SPUD_TYPE_COUNT];
     spud_gemm_fn gemm[SPUD_TYPE_COUNT]; /* matrix-matrix kernels (NULL: vec_dot per row) */
     int gemm_rows;                      /* weight rows per gemm call */
+    spud_gemm_fn mdot[SPUD_TYPE_COUNT]; /* small-batch kernels (NULL: vec_dot per row) */
+    int mdot_max[SPUD_TYPE_COUNT];      /* most activation rows for which mdot beats gemm */
     spud_dot_f32_fn dot_f32;
     spud_axpy_f32_fn axpy_f32;
     spud_attn_fn attn; /* NULL: the reference */
@@ -136,6 +138,14 @@ void spud_gemm_q8_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, c
 void spud_gemm_q4_K_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
                            float *y, size_t ldy);
 void spud_gemm_q6_K_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                           float *y, size_t ldy);
+void spud_mdot_q4_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                           float *y, size_t ldy);
+void spud_mdot_q8_0_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                           float *y, size_t ldy);
+void spud_mdot_q4_K_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                           float *y, size_t ldy);
+void spud_mdot_q6_K_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
                            float *y, size_t ldy);
 
 /* Unpack the 12 packed bytes of a q4_K block into 8 six-bit scales and 8

@@ -831,6 +831,10 @@ const char *spud_kernels_init(bool force_scalar) {
                 ti->gemm = ks->gemm[t];
                 ti->gemm_rows = ks->gemm_rows;
             }
+            if (ks->mdot[t]) {
+                ti->mdot = ks->mdot[t];
+                ti->mdot_max = ks->mdot_max[t];
+            }
         }
         atomic_store_explicit(&dot_f32_fn, ks->dot_f32 ? ks->dot_f32 : spud_dot_f32_ref, memory_order_relaxed);
         atomic_store_explicit(&axpy_f32_fn, ks->axpy_f32 ? ks->axpy_f32 : spud_axpy_f32_ref,
@@ -913,6 +917,31 @@ void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row) {
                 ((int32_t *)aux)[gi] = -32 * sum;
         }
     }
+}
+
+void spud_mdot_x_from_gemm(spud_type t, int64_t n, void *row) {
+    if (t != SPUD_TYPE_Q4_0 && t != SPUD_TYPE_Q8_0) return;
+    int8_t *q = row;
+    uint32_t *s = (uint32_t *)(void *)((char *)row + spud_gemm_x_scale_offset(t, n)); /* dx, then aux */
+    const int64_t nb = n / 32;
+    int8_t tv[512];
+    uint32_t td[16], ta[16];
+    for (int64_t g = 0; g + 16 <= nb; g += 16) {
+        for (int l = 0; l < 16; l++) {
+            const int b = 4 * (l % 4) + l / 4;
+            for (int j = 0; j < 8; j++) memcpy(tv + 64 * j + 4 * l, q + (g + b) * 32 + 4 * j, 4);
+            td[l] = s[g + b];
+            ta[l] = s[nb + g + b];
+        }
+        memcpy(q + g * 32, tv, sizeof tv);
+        memcpy(s + g, td, sizeof td);
+        memcpy(s + nb + g, ta, sizeof ta);
+    }
+}
+
+void spud_mdot_x_row(spud_type t, const float *x, int64_t n, void *row) {
+    spud_gemm_x_row(t, x, n, row);
+    spud_mdot_x_from_gemm(t, n, row);
 }
 
 /* ------------------------------------------------------------------------ */

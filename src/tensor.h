@@ -10,7 +10,9 @@
  * (prefill), a type may also have a `gemm` kernel: the rows are prepared with
  * the same quantization (spud_gemm_x_row) and one call computes a panel of
  * weight rows against all of them; its scalar reference is vec_dot_ref on
- * each (row, activation) pair. Every kernel has a scalar `*_ref`
+ * each (row, activation) pair. For a few rows (decode of several sequences)
+ * an `mdot` kernel has the same contract but reads the weights in place, each
+ * block once for all the activation rows. Every kernel has a scalar `*_ref`
  * version; SIMD versions (AVX2, AVX-512) are picked at run time by
  * spud_kernels_init() and must match the reference within the bounds that
  * tests/test_kernels.c states.
@@ -122,6 +124,9 @@ typedef struct {
     int gemm_group;   /* elements per activation scale in spud_gemm_x (0: float activations) */
     spud_gemm_fn gemm; /* dispatched matrix-matrix kernel, or NULL (use vec_dot per row) */
     int gemm_rows;    /* weight rows per gemm call */
+    spud_gemm_fn mdot; /* dispatched small-batch kernel (gemm contract, any nr and nc, weights read
+                        * in place: for a few activation rows), or NULL (use vec_dot per row) */
+    int mdot_max;      /* most activation rows for which mdot is faster than gemm */
 } spud_type_info;
 
 /* Traits of a type, or NULL for an id we do not support (or out of range). */
@@ -181,6 +186,17 @@ size_t spud_gemm_x_row_bytes(spud_type t, int64_t n);
  * (64-byte aligned): values at row, scales at row + spud_gemm_x_scale_offset. */
 void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row);
 size_t spud_gemm_x_scale_offset(spud_type t, int64_t n);
+
+/* The activation rows of the mdot kernels: spud_gemm_x rows (same size, same
+ * values), with, for q4_0 and q8_0 weights, each full group of 16 blocks (512
+ * elements) reordered so that lane L of a vpdpbusd is one block, B(L) = 4 (L
+ * mod 4) + L / 4 of the group: byte 64 j + 4 L + e of the group's values is
+ * element 4 j + e of block B(L) (j < 8, e < 4), and the group's 16 scales and
+ * 16 aux entries are in lane order too. Blocks past the last full group keep
+ * the gemm layout. Other types: exactly the gemm rows. */
+void spud_mdot_x_row(spud_type t, const float *x, int64_t n, void *row);
+/* Reorder one spud_gemm_x row of type t into the mdot layout, in place. */
+void spud_mdot_x_from_gemm(spud_type t, int64_t n, void *row);
 
 /* ---- attention over one KV head of a cache (dispatched) ----
  *

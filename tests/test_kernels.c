@@ -26,8 +26,10 @@
  *     (f32, f16, bf16): within the float dots' bound; both also within that
  *     plus the vec_dot bound of the reference vec_dot; spud_gemm_x_row's int8
  *     values and scales equal the vec_dot_type quantizer's, bit for bit;
- *   - spud_matmul through the gemm path vs one row at a time through vec_dot:
- *     within the sum of the two bounds;
+ *   - mdot kernels (small-batch, the gemm contract; nc = 1..20 activation
+ *     rows, spud_mdot_x_row layout): the gemm kernels' bounds;
+ *   - spud_matmul through the gemm or mdot path vs one row at a time through
+ *     vec_dot: within the sum of the two bounds;
  *   - attention over one KV head (f32, f16 and q8_0 caches): every output
  *     within (2 hd Smax + n + 32) * 2^-23 * max|V| of the double reference,
  *     Smax = max over positions of Σ|q_i k_i|, n = positions (float scores,
@@ -1103,21 +1105,23 @@ static buf gemm_weights(spud_type t, int64_t k, int nr, uint64_t seed, bool rand
     return w;
 }
 
-static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr, int nc, int pat, uint64_t seed,
-                       bool random_bytes) {
+static void check_gemm_fn(const spud_kernel_set *ks, spud_gemm_fn fn, const char *what, spud_type t, int64_t k, int nr,
+                          int nc, int pat, uint64_t seed, bool random_bytes) {
     const spud_type_info *ti = spud_type_get(t);
     const spud_type vt = ti->vec_dot_type;
     const size_t rb = spud_row_size(t, k), xrow = spud_gemm_x_row_bytes(t, k);
     buf w = gemm_weights(t, k, nr, seed, random_bytes);
     double *xv;
     char *xs = gemm_rows(t, k, nc, pat, seed, &xv);
+    if (!strcmp(what, "mdot"))
+        for (int c = 0; c < nc; c++) spud_mdot_x_from_gemm(t, k, xs + (size_t)c * xrow);
     const spud_gemm_x gx = {.x = xs, .x_stride = xrow,
                             .s = ti->gemm_group ? (const float *)(const void *)(xs + spud_gemm_x_scale_offset(t, k)) : NULL,
                             .s_stride = xrow / sizeof(float)};
     const size_t ldy = (size_t)nr + 3;
     float *y = malloc(ldy * (size_t)nc * sizeof(float));
     for (size_t i = 0; i < ldy * (size_t)nc; i++) y[i] = NAN;
-    ks->gemm[t](k, w.p, rb, nr, &gx, nc, y, ldy);
+    fn(k, w.p, rb, nr, &gx, nc, y, ldy);
 
     double *dw = malloc((size_t)k * sizeof(double)), *mw = malloc((size_t)k * sizeof(double));
     float *xf = malloc((size_t)k * sizeof(float));
@@ -1143,17 +1147,17 @@ static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr
             const double bound = terms * FLT_EPSILON * mag;
             const float got = y[(size_t)c * ldy + (size_t)r];
             cr_assert(fabs(got - exact) <= bound,
-                      "%s %s gemm k=%lld nr=%d nc=%d row %d col %d %s seed %llu%s: %.9g vs exact %.9g (bound %.3g)",
-                      ti->name, ks->name, (long long)k, nr, nc, r, c, pat_names[pat], (unsigned long long)seed,
+                      "%s %s %s k=%lld nr=%d nc=%d row %d col %d %s seed %llu%s: %.9g vs exact %.9g (bound %.3g)",
+                      ti->name, ks->name, what, (long long)k, nr, nc, r, c, pat_names[pat], (unsigned long long)seed,
                       random_bytes ? " random blocks" : "", (double)got, exact, bound);
             float ref;
             ti->vec_dot_ref(k, &ref, row, (const char *)q8.p + (size_t)c * spud_row_size(vt, k));
-            cr_assert(fabs(got - ref) <= bound + ref_terms * FLT_EPSILON * mag, "%s %s gemm vs vec_dot_ref: %.9g vs %.9g",
-                      ti->name, ks->name, (double)got, (double)ref);
+            cr_assert(fabs(got - ref) <= bound + ref_terms * FLT_EPSILON * mag, "%s %s %s vs vec_dot_ref: %.9g vs %.9g",
+                      ti->name, ks->name, what, (double)got, (double)ref);
         }
         for (int c = 0; c < nc; c++)
             for (size_t j = (size_t)nr; j < ldy; j++)
-                cr_assert(isnan(y[(size_t)c * ldy + j]), "%s %s gemm wrote past row %d", ti->name, ks->name, nr);
+                cr_assert(isnan(y[(size_t)c * ldy + j]), "%s %s %s wrote past row %d", ti->name, ks->name, what, nr);
     }
     free(dw);
     free(mw);
@@ -1163,6 +1167,11 @@ static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr
     free(y);
     buf_free(q8);
     buf_free(w);
+}
+
+static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr, int nc, int pat, uint64_t seed,
+                       bool random_bytes) {
+    check_gemm_fn(ks, ks->gemm[t], "gemm", t, k, nr, nc, pat, seed, random_bytes);
 }
 
 static void gemm_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
@@ -1192,6 +1201,104 @@ Test(gemm, q8_0) { gemm_suite(SPUD_TYPE_Q8_0, gemm_len32, sizeof gemm_len32 / si
 Test(gemm, q4_K) { gemm_suite(SPUD_TYPE_Q4_K, gemm_len256, sizeof gemm_len256 / sizeof gemm_len256[0]); }
 Test(gemm, q6_K) { gemm_suite(SPUD_TYPE_Q6_K, gemm_len256, sizeof gemm_len256 / sizeof gemm_len256[0]); }
 static const int64_t gemm_len1[] = {1, 15, 16, 17, 100, 1000, 2051};
+
+/* Small-batch kernels (mdot): the gemm contract and bounds, for nc = 1..20
+ * activation rows (past the kernels' 8 per pass) and 1, 3 or 16 weight rows,
+ * over lengths with tails (blocks past a multiple of 16). */
+static void mdot_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
+    const spud_kernel_set *sets[2];
+    static const int nrs[] = {1, 3, 16};
+    int tested = 0;
+    for (int s = 0, ns = simd_sets(sets); s < ns; s++) {
+        if (!sets[s]->mdot[t]) continue;
+        tested++;
+        for (size_t li = 0; li < n_lengths; li++)
+            for (int nc = 1; nc <= 20; nc++) {
+                int pat = (int)(li + (size_t)nc) % PAT_COUNT;
+                if (pat == PAT_BITS) pat = PAT_GAUSS; /* products overflow */
+                const uint64_t seed = 3 + li * 29 + (uint64_t)nc;
+                check_gemm_fn(sets[s], sets[s]->mdot[t], "mdot", t, lengths[li], nrs[nc % 3], nc, pat, seed,
+                              nc % 2 == 0);
+            }
+    }
+    cr_log_info("%s: mdot checked on %d ISA(s)", spud_type_get(t)->name, tested);
+}
+
+static const int64_t mdot_len32[] = {32, 96, 512, 544, 1056, 4128, 2048 + 15 * 32};
+static const int64_t mdot_len256[] = {256, 512, 1792, 4096};
+
+Test(mdot, q4_0) { mdot_suite(SPUD_TYPE_Q4_0, mdot_len32, sizeof mdot_len32 / sizeof mdot_len32[0]); }
+Test(mdot, q8_0) { mdot_suite(SPUD_TYPE_Q8_0, mdot_len32, sizeof mdot_len32 / sizeof mdot_len32[0]); }
+Test(mdot, q4_K) { mdot_suite(SPUD_TYPE_Q4_K, mdot_len256, sizeof mdot_len256 / sizeof mdot_len256[0]); }
+Test(mdot, q6_K) { mdot_suite(SPUD_TYPE_Q6_K, mdot_len256, sizeof mdot_len256 / sizeof mdot_len256[0]); }
+
+/* spud_matmul with n = 1..20 rows at once (vec_dot, mdot and gemm paths,
+ * whichever the thresholds pick) against one row per call, on 2 threads;
+ * with a fused second output of the same type. Bound as in
+ * gemm.matmul_paths_agree. */
+Test(mdot, matmul_small_batches) {
+    spud_kernels_init(false);
+    spud_pool *pool;
+    cr_assert_eq(spud_pool_new(2, &pool), SPUD_OK);
+    const spud_type types[] = {SPUD_TYPE_Q4_0, SPUD_TYPE_Q8_0, SPUD_TYPE_Q4_K, SPUD_TYPE_Q6_K, SPUD_TYPE_F16};
+    const int64_t k = 1024 + 256, n_out = 41, n_max = 20;
+    for (size_t ti_ = 0; ti_ < sizeof types / sizeof types[0]; ti_++) {
+        const spud_type t = types[ti_];
+        const spud_type_info *ti = spud_type_get(t);
+        buf wb = gemm_weights(t, k, (int)n_out, 5, ti_ % 2 == 1);
+        spud_weight w = {.type = t, .data = wb.p, .n_in = k, .n_out = n_out, .row_bytes = spud_row_size(t, k)};
+        spud_weight w2 = w;
+        w2.n_out = n_out - 8;
+        w2.data = (const char *)wb.p + 8 * w.row_bytes;
+        float *x = malloc((size_t)(n_max * k) * sizeof(float));
+        fill(x, n_max * k, PAT_GAUSS, 11);
+        void *scratch = aligned_alloc(64, (spud_matmul_scratch_bytes(&w, n_max) + 63) & ~(size_t)63);
+        float *ya = malloc((size_t)(n_max * n_out) * sizeof(float)), *yb = malloc((size_t)(n_max * n_out) * sizeof(float));
+        float *y2 = malloc((size_t)(n_max * n_out) * sizeof(float));
+        for (int64_t i = 0; i < n_max; i++) spud_matmul(pool, &w, x + i * k, yb + i * n_out, 1, scratch);
+        double *mw = malloc((size_t)k * sizeof(double)), *xd = malloc((size_t)(n_max * k) * sizeof(double));
+        buf q8 = buf_new(spud_row_size(ti->vec_dot_type, k), 4);
+        for (int64_t i = 0; i < n_max; i++) {
+            spud_type_get(ti->vec_dot_type)->from_float_ref(x + i * k, q8.p, k);
+            decode_row(ti->vec_dot_type, q8.p, k, xd + i * k);
+        }
+        buf_free(q8);
+        const double nb = (double)(k / ti->block_size);
+        const double ng = ti->gemm_group ? (double)(k / ti->gemm_group) : nb;
+        for (int64_t n = 1; n <= n_max; n++) {
+            for (size_t e = 0; e < (size_t)(n_max * n_out); e++) ya[e] = y2[e] = NAN;
+            cr_assert(spud_matmul_compatible(&w, &w2, n));
+            const spud_matmul_out outs[2] = {{.w = &w, .y = ya}, {.w = &w2, .y = y2}};
+            spud_matmul_multi(pool, outs, 2, x, n, scratch, NULL, NULL);
+            for (int64_t r = 0; r < n_out; r++) {
+                decode_row_magnitude(t, (const char *)wb.p + r * w.row_bytes, k, mw);
+                for (int64_t i = 0; i < n; i++) {
+                    double mag = 0;
+                    for (int64_t q = 0; q < k; q++) mag += mw[q] * fabs(xd[i * k + q]);
+                    const double bound = (ti->is_quantized ? ng + nb + 16 : (double)k / 4 + 32) * FLT_EPSILON * mag;
+                    const float a = ya[i * n_out + r], b = yb[i * n_out + r];
+                    cr_assert(fabs(a - b) <= bound, "%s n=%lld row %lld col %lld: %.9g vs %.9g", ti->name, (long long)n,
+                              (long long)r, (long long)i, (double)a, (double)b);
+                    if (r >= 8)
+                        cr_assert(y2[i * w2.n_out + r - 8] == a, "%s n=%lld: second output row %lld differs", ti->name,
+                                  (long long)n, (long long)r - 8);
+                }
+            }
+            for (int64_t e = n * n_out; e < n_max * n_out; e++)
+                cr_assert(isnan(ya[e]), "%s n=%lld wrote past its rows", ti->name, (long long)n);
+        }
+        free(mw);
+        free(xd);
+        free(x);
+        free(scratch);
+        free(ya);
+        free(yb);
+        free(y2);
+        buf_free(wb);
+    }
+    spud_pool_free(pool);
+}
+
 Test(gemm, f32) { gemm_suite(SPUD_TYPE_F32, gemm_len1, sizeof gemm_len1 / sizeof gemm_len1[0]); }
 Test(gemm, f16) { gemm_suite(SPUD_TYPE_F16, gemm_len1, sizeof gemm_len1 / sizeof gemm_len1[0]); }
 Test(gemm, bf16) { gemm_suite(SPUD_TYPE_BF16, gemm_len1, sizeof gemm_len1 / sizeof gemm_len1[0]); }

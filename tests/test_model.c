@@ -22,9 +22,15 @@ static spud_model *load(const char *path) {
     return m;
 }
 
-/* Prefill as one batch, in chunks, and one token at a time: same logits. */
+/* Prefill as one batch, in chunks, and one token at a time: same logits.
+ * Float models: to 1e-4. Quantized ones: the matrix products take a kernel
+ * by row count (vec_dot, mdot, gemm), whose float summation orders differ;
+ * that flips the rounding of an activation now and then, so they agree to
+ * the fixtures' tolerance for the type (fixtures/README.md), not closer
+ * (measured on llama-q4_k_m: 0.043 between vec_dot and gemm before mdot). */
 Test(model, batching_does_not_change_logits) {
     const char *files[] = {FIX("llama-f32.gguf"), FIX("qwen2-q8_0.gguf"), FIX("llama-q4_k_m.gguf")};
+    const float tol[] = {1e-4f, 0.15f, 0.22f};
     for (size_t f = 0; f < 3; f++) {
         spud_model *m = load(files[f]);
         int nv = spud_model_n_vocab(m);
@@ -40,7 +46,7 @@ Test(model, batching_does_not_change_logits) {
             cr_assert_eq(spud_decode_tokens(b, ids + i, (size_t)k, &lb), SPUD_OK);
         }
         float d = max_abs_diff(la, lb, nv);
-        cr_expect_lt(d, 1e-4f, "%s: batch vs chunks differ by %g", files[f], d);
+        cr_expect_lt(d, tol[f], "%s: batch vs chunks differ by %g", files[f], d);
         spud_ctx_free(a);
         spud_ctx_free(b);
         spud_model_free(m);

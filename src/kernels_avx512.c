@@ -621,17 +621,17 @@ void spud_dequant_q6_K_avx512(const void *vx, float *y, int64_t n) {
 #define GEMM_KC 512 /* weight elements per packed chunk (a multiple of 256) */
 #define GEMM_NC 8   /* activation rows per micro-tile */
 
-/* out[j] = dword j of rows src + r * stride (lane r), for 16 rows of 8 dwords:
- * two 8x8 transposes side by side (rows 0-7 in the low 256 bits, 8-15 high). */
-static inline void transpose_16x8(const uint8_t *src, size_t stride, __m512i out[8]) {
-    __m512i z[8], t[8], u[8];
-    for (int a = 0; a < 8; a++)
-        z[a] = _mm512_inserti64x4(_mm512_castsi256_si512(LOADU256(src + a * stride)),
-                                  LOADU256(src + (a + 8) * stride), 1);
+/* out[j] = dword j of row r (lane r), for 16 rows of 8 dwords given as z[a] =
+ * [row a | row a + 8]: two 8x8 transposes side by side (rows 0-7 in the low
+ * 256 bits, 8-15 high). */
+static inline __attribute__((always_inline)) void transpose_16x8_z(const __m512i z[8], __m512i out[8]) {
+    __m512i t[8], u[8];
+#pragma GCC unroll 8
     for (int a = 0; a < 8; a += 2) {
         t[a] = _mm512_unpacklo_epi32(z[a], z[a + 1]);
         t[a + 1] = _mm512_unpackhi_epi32(z[a], z[a + 1]);
     }
+#pragma GCC unroll 8
     for (int a = 0; a < 8; a += 4) {
         u[a / 2] = _mm512_unpacklo_epi64(t[a], t[a + 2]);
         u[a / 2 + 1] = _mm512_unpackhi_epi64(t[a], t[a + 2]);
@@ -644,10 +644,20 @@ static inline void transpose_16x8(const uint8_t *src, size_t stride, __m512i out
     const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
     const __m512i hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     const int col_rows03[4] = {0, 1, 4, 5}, col_rows47[4] = {2, 3, 6, 7};
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
         out[c] = _mm512_permutex2var_epi64(u[col_rows03[c]], lo, u[col_rows47[c]]);
         out[c + 4] = _mm512_permutex2var_epi64(u[col_rows03[c]], hi, u[col_rows47[c]]);
     }
+}
+
+/* out[j] = dword j of rows src + r * stride (lane r), for 16 rows of 8 dwords. */
+static inline void transpose_16x8(const uint8_t *src, size_t stride, __m512i out[8]) {
+    __m512i z[8];
+    for (int a = 0; a < 8; a++)
+        z[a] = _mm512_inserti64x4(_mm512_castsi256_si512(LOADU256(src + a * stride)),
+                                  LOADU256(src + (a + 8) * stride), 1);
+    transpose_16x8_z(z, out);
 }
 
 /* Bytes of one panel group: gs/4 zmm of values, the scales, the mins. */
@@ -1045,59 +1055,118 @@ void spud_mdot_q8_0_avx512(int64_t k, const void *w, size_t rb, int nr, const sp
     mdot_q8(false, k, w, rb, nr, x, nc, y, ldy);
 }
 
-/* q4_K: per super-block and activation row, Σ_g sc[g] Σ q x in 16 int32
- * lanes (maddubs, then vpdpwssd with the group's scale, as in the vec_dot),
- * scaled by d * dx; the mins as dmin * m[g] * aux[g] (aux = dx Σ x) in 8
- * float lanes. */
+/* vpshufb control: dword l of every 128-bit lane = byte b0 + 2 l of that lane. */
+static inline __m512i pick_even(int b0) {
+    return _mm512_broadcast_i32x4(_mm_setr_epi8((char)b0, -1, -1, -1, (char)(b0 + 2), -1, -1, -1, (char)(b0 + 4), -1,
+                                                -1, -1, (char)(b0 + 6), -1, -1, -1));
+}
+
+/* q4_K, 4 super-blocks (1024 elements, 32 groups of 32) at a time, one group
+ * per 32-bit lane (the layout of spud_mdot_x_row): the 16 chunks of 32 quant
+ * bytes go through one 16x8 dword transpose, lane r = chunk r mod 4 of
+ * super-block r / 4, whose low nibbles are group 2 (r mod 4) and high
+ * nibbles group 2 (r mod 4) + 1. Per activation row and half (low, high):
+ * 8 vpdpbusd (unsigned nibbles, exact sums per group), then the group scales
+ * d * sc * dx and the mins dmin * m * aux in float. Super-blocks past the last
+ * full 4: per super-block, maddubs + vpdpwssd with the group scales (as the
+ * vec_dot), mins in 8 float lanes. */
 static inline __attribute__((always_inline)) void mdot_q4_K_row(int64_t k, const block_q4_K *a, const spud_gemm_x *x,
                                                                 int c0, float *y, size_t ldy, const int nc) {
     const int64_t nb = k / QK_K, ng = k / 32;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
-    const int8_t *xq[MDOT_NC];
-    const float *xd[MDOT_NC];
-    __m512 accd[MDOT_NC];
-    __m256 accm[MDOT_NC];
+    const char *xr[MDOT_NC];
+    const size_t off_d = (size_t)((const char *)x->s - (const char *)x->x), off_a = off_d + (size_t)ng * 4;
+    __m512 f[MDOT_NC];
 #pragma GCC unroll 8
     for (int c = 0; c < nc; c++) {
-        xq[c] = (const int8_t *)x->x + (size_t)(c0 + c) * x->x_stride;
-        xd[c] = x->s + (size_t)(c0 + c) * x->s_stride;
-        accd[c] = _mm512_setzero_ps();
-        accm[c] = _mm256_setzero_ps();
+        xr[c] = (const char *)x->x + (size_t)(c0 + c) * x->x_stride;
+        f[c] = _mm512_setzero_ps();
     }
-    for (int64_t i = 0; i < nb; i++) {
-        prefetch_weights(&a[i], sizeof(block_q4_K));
-        const __m128i scm = q4_K_scales_vec(a[i].scales);
-        const __m512i scb = _mm512_broadcast_i32x4(scm);
-        __m512i q[4], s[4];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            q[j] = _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i64x4(LOADU256(a[i].qs + 32 * j)), nibble_shift),
-                                    m4);
-            s[j] = _mm512_shuffle_epi8(scb, scale_pick(2 * j, 2 * j + 1));
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        prefetch_weights(&a[i], 4 * sizeof(block_q4_K));
+        __m512i z[8], v[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            z[t] = _mm512_inserti64x4(_mm512_castsi256_si512(LOADU256(a[i + t / 4].qs + 32 * (t % 4))),
+                                      LOADU256(a[i + 2 + t / 4].qs + 32 * (t % 4)), 1);
+        transpose_16x8_z(z, v);
+        __m512i sm = _mm512_castsi128_si512(q4_K_scales_vec(a[i].scales));
+        sm = _mm512_inserti32x4(sm, q4_K_scales_vec(a[i + 1].scales), 1);
+        sm = _mm512_inserti32x4(sm, q4_K_scales_vec(a[i + 2].scales), 2);
+        sm = _mm512_inserti32x4(sm, q4_K_scales_vec(a[i + 3].scales), 3);
+        const __m512i quarter = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        const __m512 dv = _mm512_permutexvar_ps(
+            quarter, _mm512_castps128_ps512(_mm_setr_ps(f16s(a[i].d), f16s(a[i + 1].d), f16s(a[i + 2].d), f16s(a[i + 3].d))));
+        const __m512 mv = _mm512_permutexvar_ps(
+            quarter, _mm512_castps128_ps512(
+                         _mm_setr_ps(f16s(a[i].dmin), f16s(a[i + 1].dmin), f16s(a[i + 2].dmin), f16s(a[i + 3].dmin))));
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m512 S = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_shuffle_epi8(sm, pick_even(h))), dv);
+            const __m512 M = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_shuffle_epi8(sm, pick_even(8 + h))), mv);
+            __m512i W[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) W[j] = _mm512_and_si512(h ? _mm512_srli_epi16(v[j], 4) : v[j], m4);
+#pragma GCC unroll 8
+            for (int c = 0; c < nc; c++) {
+                const char *xg = xr[c] + i * QK_K + 512 * h;
+                __m512i d = _mm512_setzero_si512(), e = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j += 2) {
+                    d = _mm512_dpbusd_epi32(d, W[j], _mm512_load_si512(xg + 64 * j));
+                    e = _mm512_dpbusd_epi32(e, W[j + 1], _mm512_load_si512(xg + 64 * j + 64));
+                }
+                const size_t o = ((size_t)i * 8 + 16 * (size_t)h) * 4;
+                const __m512 dx = _mm512_loadu_ps((const float *)(const void *)(xr[c] + off_d + o));
+                const __m512 ax = _mm512_loadu_ps((const float *)(const void *)(xr[c] + off_a + o));
+                f[c] = _mm512_fmadd_ps(_mm512_mul_ps(S, dx), _mm512_cvtepi32_ps(_mm512_add_epi32(d, e)), f[c]);
+                f[c] = _mm512_fnmadd_ps(M, ax, f[c]);
+            }
         }
-        const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(f16s(a[i].dmin)),
-                                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8))));
-        const float d = f16s(a[i].d);
+    }
+    float tail[MDOT_NC] = {0};
+    if (i < nb) {
+        const __m512i nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+        __m512 accd[MDOT_NC];
+        __m256 accm[MDOT_NC];
 #pragma GCC unroll 8
         for (int c = 0; c < nc; c++) {
-            __m512i ai = _mm512_setzero_si512();
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++)
-                ai = _mm512_dpwssd_epi32(ai, _mm512_maddubs_epi16(q[j], LOADU512(xq[c] + i * QK_K + 64 * j)), s[j]);
-            accd[c] = _mm512_fmadd_ps(_mm512_set1_ps(d * xd[c][i * 8]), _mm512_cvtepi32_ps(ai), accd[c]);
-            accm[c] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(xd[c] + ng + i * 8), accm[c]);
+            accd[c] = _mm512_setzero_ps();
+            accm[c] = _mm256_setzero_ps();
         }
+        for (; i < nb; i++) {
+            const __m128i scm = q4_K_scales_vec(a[i].scales);
+            const __m512i scb = _mm512_broadcast_i32x4(scm);
+            __m512i q[4], sj[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                q[j] = _mm512_and_si512(
+                    _mm512_srlv_epi64(_mm512_broadcast_i64x4(LOADU256(a[i].qs + 32 * j)), nibble_shift), m4);
+                sj[j] = _mm512_shuffle_epi8(scb, scale_pick(2 * j, 2 * j + 1));
+            }
+            const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(f16s(a[i].dmin)),
+                                              _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8))));
+            const float d = f16s(a[i].d);
+#pragma GCC unroll 8
+            for (int c = 0; c < nc; c++) {
+                __m512i ai = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++)
+                    ai = _mm512_dpwssd_epi32(ai, _mm512_maddubs_epi16(q[j], LOADU512(xr[c] + i * QK_K + 64 * j)), sj[j]);
+                float dx;
+                memcpy(&dx, xr[c] + off_d + (size_t)i * 32, 4);
+                accd[c] = _mm512_fmadd_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(ai), accd[c]);
+                accm[c] = _mm256_fmadd_ps(mins, _mm256_loadu_ps((const float *)(const void *)(xr[c] + off_a + (size_t)i * 32)),
+                                          accm[c]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < nc; c++)
+            tail[c] = _mm512_reduce_add_ps(accd[c]) - _mm512_reduce_add_ps(_mm512_zextps256_ps512(accm[c]));
     }
 #pragma GCC unroll 8
-    for (int c = 0; c < nc; c++) {
-        const __m256 t = _mm256_sub_ps(
-            _mm256_add_ps(_mm512_castps512_ps256(accd[c]), _mm512_extractf32x8_ps(accd[c], 1)), accm[c]);
-        __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-        r = _mm_add_ss(r, _mm_movehdup_ps(r));
-        y[(size_t)(c0 + c) * ldy] = _mm_cvtss_f32(r);
-    }
+    for (int c = 0; c < nc; c++) y[(size_t)(c0 + c) * ldy] = _mm512_reduce_add_ps(f[c]) + tail[c];
 }
 
 void spud_mdot_q4_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,

@@ -919,7 +919,37 @@ void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row) {
     }
 }
 
+/* q4_K: each full group of 4 super-blocks (1024 elements, 32 groups of 32)
+ * as two halves of 8 x 64 bytes, lane r = chunk r mod 4 of super-block r / 4:
+ * the low half holds group 2 (r mod 4) of that super-block (what the low
+ * nibbles of the chunk multiply), the high half group 2 (r mod 4) + 1; byte
+ * 512 h + 64 j + 4 r + e = element 4 j + e of that group; the 32 scales and
+ * 32 aux entries in the same order (16 low, 16 high). */
+static void mdot_x_q4_K(int64_t n, void *row) {
+    int8_t *q = row;
+    uint32_t *s = (uint32_t *)(void *)((char *)row + spud_gemm_x_scale_offset(SPUD_TYPE_Q4_K, n));
+    const int64_t ng = n / 32;
+    int8_t tv[1024];
+    uint32_t td[32], ta[32];
+    for (int64_t g0 = 0; g0 + 32 <= ng; g0 += 32) {
+        for (int h = 0; h < 2; h++)
+            for (int r = 0; r < 16; r++) {
+                const int64_t g = g0 + (r / 4) * 8 + 2 * (r % 4) + h; /* the group in lane r of half h */
+                for (int j = 0; j < 8; j++) memcpy(tv + 512 * h + 64 * j + 4 * r, q + g * 32 + 4 * j, 4);
+                td[16 * h + r] = s[g];
+                ta[16 * h + r] = s[ng + g];
+            }
+        memcpy(q + g0 * 32, tv, sizeof tv);
+        memcpy(s + g0, td, sizeof td);
+        memcpy(s + ng + g0, ta, sizeof ta);
+    }
+}
+
 void spud_mdot_x_from_gemm(spud_type t, int64_t n, void *row) {
+    if (t == SPUD_TYPE_Q4_K) {
+        mdot_x_q4_K(n, row);
+        return;
+    }
     if (t != SPUD_TYPE_Q4_0 && t != SPUD_TYPE_Q8_0) return;
     int8_t *q = row;
     uint32_t *s = (uint32_t *)(void *)((char *)row + spud_gemm_x_scale_offset(t, n)); /* dx, then aux */

@@ -193,7 +193,8 @@ size_t spud_gemm_x_scale_offset(spud_type t, int64_t n);
  * mod 4) + L / 4 of the group: byte 64 j + 4 L + e of the group's values is
  * element 4 j + e of block B(L) (j < 8, e < 4), and the group's 16 scales and
  * 16 aux entries are in lane order too. Blocks past the last full group keep
- * the gemm layout. Other types: exactly the gemm rows. */
+ * the gemm layout. q4_K: each full group of 4 super-blocks likewise, one
+ * group of 32 per lane (see tensor.c). Other types: exactly the gemm rows. */
 void spud_mdot_x_row(spud_type t, const float *x, int64_t n, void *row);
 /* Reorder one spud_gemm_x row of type t into the mdot layout, in place. */
 void spud_mdot_x_from_gemm(spud_type t, int64_t n, void *row);

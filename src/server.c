@@ -714,7 +714,7 @@ static void template_syntax(spud_server *s, const spud_model *m) {
         char *t = spud_strndup(src.ptr, src.len);
         if (t) {
             s->call_syntax = spud_call_syntax_detect(t);
-            s->thinks = strstr(t, "<think>") != NULL;
+            s->thinks = strstr(t, "<think>") || strstr(t, "[THINK]"); /* Magistral's */
             spud_free(t);
         }
     }

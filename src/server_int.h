@@ -104,7 +104,7 @@ struct spud_server {
     spud_chat_template *tmpl; /* the model's chat template; NULL: our ChatML */
     spud_call_syntax call_syntax; /* how the template writes tool calls (HERMES for ChatML) */
     spud_tool_format tool_format; /* the grammar format that writes call_syntax */
-    bool thinks;                  /* the template writes <think> blocks: split reasoning_content */
+    bool thinks;                  /* the template writes <think> (or [THINK]) blocks: split reasoning_content */
 
     pthread_mutex_t mu; /* in_flight */
     pthread_cond_t cv;

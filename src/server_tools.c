@@ -296,7 +296,8 @@ void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, 
     /* a generation prompt that opens a think block: the output starts inside it */
     size_t n = prompt_len;
     while (n > 0 && (prompt[n - 1] == '\n' || prompt[n - 1] == ' ')) n--;
-    g->popts_in_reasoning = s->thinks && n >= 7 && !memcmp(prompt + n - 7, "<think>", 7);
+    g->popts_in_reasoning = s->thinks && n >= 7 &&
+                            (!memcmp(prompt + n - 7, "<think>", 7) || !memcmp(prompt + n - 7, "[THINK]", 7));
     /* A JSON format or a forced call constrains the answer from its first
      * token: the model cannot think first, so nothing of it is reasoning. (A
      * request's own GBNF grammar may spell the thinking out itself.) */

@@ -163,6 +163,7 @@ typedef struct srv_gen {
     bool stream, include_usage, logprobs;
     bool parse;                    /* split content / reasoning / tool calls (see srv_choice.parser) */
     bool live_calls;               /* a grammar enforces the calls: stream their arguments as they come */
+    bool one_call;                 /* parallel_tool_calls false: only the first call is returned */
     spud_call_syntax popts_syntax;
     bool popts_tools, popts_reasoning, popts_in_reasoning;
     int32_t n_items;               /* responses: output items so far */
@@ -276,6 +277,7 @@ typedef struct {
     spud_tool_choice choice;
     spud_call_syntax syntax;   /* the syntax to parse calls in */
     bool user_grammar;         /* gbnf is the request's own "grammar" */
+    bool parallel;             /* parallel_tool_calls */
 } srv_constraint;
 
 void srv_constraint_free(srv_constraint *c);

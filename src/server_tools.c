@@ -216,6 +216,7 @@ bool srv_parse_tools(spud_server *s, json_object *tools, json_object *tool_choic
         return srv_fail(e, 400, "tool_choice", "'tool_choice' asks for a tool call, but 'tools' is empty or absent");
     c->choice = choice;
     c->syntax = s->call_syntax;
+    c->parallel = parallel;
     if (choice == SPUD_TOOL_CHOICE_NONE) c->tools = false; /* no calls: the output is all content */
     /* Enforce by grammar: required, a named function, and strict tools under auto (lazily). */
     bool enforce = n > 0 && (choice == SPUD_TOOL_CHOICE_REQUIRED || choice == SPUD_TOOL_CHOICE_FUNCTION ||
@@ -304,6 +305,7 @@ void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, 
     if (c->gbnf && !c->trigger && !c->user_grammar) g->popts_in_reasoning = false;
     g->parse = g->popts_tools || g->popts_reasoning;
     g->live_calls = c->tools && c->gbnf && !strcmp(c->param, "tools");
+    g->one_call = !c->parallel;
 }
 
 typedef struct {
@@ -351,6 +353,7 @@ static void on_event(void *ud, const spud_out_event *ev) {
         break;
     case SPUD_OUT_CALL_BEGIN: {
         drop_open_call(ch); /* a call without its end was abandoned by the parser */
+        if (f->g->one_call && ch->n_calls > 0) break; /* parallel_tool_calls false: the first call only */
         if (ch->n_calls == ch->cap_calls) {
             int32_t cap = ch->cap_calls ? ch->cap_calls * 2 : 4;
             srv_call *t = spud_realloc(ch->calls, (size_t)cap * sizeof *t);

@@ -196,6 +196,9 @@ test('tool_choice auto: calls in the model text are parsed out (complete ones on
     const fin = await c.chat.completions.stream(body).finalChatCompletion();
     assert.equal(fin.choices[0].message.content || null, content || null, text);
     assert.deepEqual((fin.choices[0].message.tool_calls ?? []).map((k) => [k.function.name, JSON.parse(k.function.arguments)]), want);
+    // parallel_tool_calls false: only the first call comes back
+    const one = await c.chat.completions.create({ ...body, parallel_tool_calls: false });
+    assert.deepEqual((one.choices[0].message.tool_calls ?? []).map((k) => [k.function.name, JSON.parse(k.function.arguments)]), want.slice(0, 1));
   }
 });
 

@@ -91,15 +91,22 @@ static void arena_free(arena *a) {
 /* ------------------------------------------------------------------ values */
 
 /* Taint: which bytes of a string came from the render's untrusted variables
- * (see spud_jinja_render_taint). TAINT_MASK strings keep one byte per byte
- * (1: tainted) after the NUL, at s + len + 1. */
-enum { TAINT_NONE, TAINT_ALL, TAINT_MASK };
+ * (see spud_jinja_render_taint): none, all, or the byte ranges in runs
+ * (sorted, disjoint, not touching, non-empty). Runs keep the cost of taint
+ * per operation, not per byte, where strings are joined and cut. */
+enum { TAINT_NONE, TAINT_ALL, TAINT_RUNS };
+
+typedef struct {
+    size_t a, b; /* bytes [a, b) */
+} trun;
 
 typedef struct jstr {
     size_t len;
-    bool safe;     /* markupsafe.Markup */
-    uint8_t taint; /* TAINT_* */
-    char s[];      /* NUL-terminated */
+    bool safe;         /* markupsafe.Markup */
+    uint8_t taint;     /* TAINT_* */
+    uint32_t n_runs;   /* TAINT_RUNS: how many */
+    const trun *runs;  /* TAINT_RUNS: the tainted ranges */
+    char s[];          /* NUL-terminated */
 } jstr;
 
 /* A jstr literal with static storage (the same layout as jstr). */
@@ -108,8 +115,10 @@ typedef struct jstr {
         size_t len;                                                                                \
         bool safe;                                                                                 \
         uint8_t taint;                                                                             \
+        uint32_t n_runs;                                                                           \
+        const trun *runs;                                                                          \
         char s[sizeof(lit)];                                                                       \
-    } var##_lit_ = {sizeof(lit) - 1, false, TAINT_NONE, lit};                                                  \
+    } var##_lit_ = {sizeof(lit) - 1, false, TAINT_NONE, 0, NULL, lit};                                                  \
     const jstr *const var = (const jstr *)(const void *)&var##_lit_
 
 typedef enum {
@@ -400,7 +409,8 @@ enum {
 typedef struct {
     char *p;
     size_t n, cap;
-    uint8_t *m; /* taint per byte, allocated (cap bytes) at the first tainted byte */
+    trun *t; /* tainted ranges of p, as in jstr */
+    size_t nt, cap_t;
 } buf;
 
 typedef struct frame {
@@ -494,34 +504,52 @@ static bool buf_put(R *r, buf *b, const char *s, size_t n) {
         char *p = spud_realloc(b->p, cap);
         if (!p) return fail(r, SPUD_ERR_NOMEM, "out of memory");
         b->p = p;
-        if (b->m) {
-            uint8_t *m = spud_realloc(b->m, cap);
-            if (!m) return fail(r, SPUD_ERR_NOMEM, "out of memory");
-            b->m = m;
-        }
         b->cap = cap;
     }
     memcpy(b->p + b->n, s, n);
-    if (b->m) memset(b->m + b->n, 0, n);
     b->n += n;
     b->p[b->n] = '\0';
     return true;
 }
 
-/* Mark bytes [from, b->n) tainted. */
-static bool buf_taint(R *r, buf *b, size_t from) {
-    if (from >= b->n) return true;
-    if (!b->m) {
-        b->m = spud_calloc(b->cap, 1);
-        if (!b->m) return fail(r, SPUD_ERR_NOMEM, "out of memory");
+/* Mark bytes [from, to) of b tainted; no byte after `to` is tainted yet, so
+ * the runs that reach `from` are the last ones: they merge into one. */
+static bool buf_taint_range(R *r, buf *b, size_t from, size_t to) {
+    if (from >= to) return true;
+    while (b->nt && b->t[b->nt - 1].b >= from) {
+        trun last = b->t[--b->nt];
+        if (last.a < from) from = last.a;
+        if (last.b > to) to = last.b;
     }
-    memset(b->m + from, 1, b->n - from);
+    if (b->nt == b->cap_t) {
+        size_t cap = b->cap_t ? b->cap_t * 2 : 8;
+        trun *t = spud_realloc(b->t, cap * sizeof *t);
+        if (!t) return fail(r, SPUD_ERR_NOMEM, "out of memory");
+        b->t = t;
+        b->cap_t = cap;
+    }
+    b->t[b->nt++] = (trun){from, to};
     return true;
 }
 
-static const uint8_t *str_mask(const jstr *s) { return (const uint8_t *)s->s + s->len + 1; }
+/* Mark bytes [from, b->n) tainted. */
+static bool buf_taint(R *r, buf *b, size_t from) { return buf_taint_range(r, b, from, b->n); }
+
+/* The first run of s that ends after byte i (s->n_runs if none). */
+static size_t run_after(const jstr *s, size_t i) {
+    size_t lo = 0, hi = s->n_runs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->runs[mid].b <= i) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 static bool str_byte_tainted(const jstr *s, size_t i) {
-    return s->taint == TAINT_ALL || (s->taint == TAINT_MASK && str_mask(s)[i]);
+    if (s->taint != TAINT_RUNS) return s->taint == TAINT_ALL;
+    size_t k = run_after(s, i);
+    return k < s->n_runs && s->runs[k].a <= i;
 }
 
 /* Append s's bytes [off, off + n) with their taint. */
@@ -529,10 +557,11 @@ static bool buf_put_str(R *r, buf *b, const jstr *s, size_t off, size_t n) {
     size_t at = b->n;
     if (!buf_put(r, b, s->s + off, n)) return false;
     if (s->taint == TAINT_ALL) return buf_taint(r, b, at);
-    if (s->taint == TAINT_MASK && n) {
-        if (!buf_taint(r, b, at)) return false;
-        memcpy(b->m + at, str_mask(s) + off, n);
-    }
+    if (s->taint == TAINT_RUNS)
+        for (size_t k = run_after(s, off); k < s->n_runs && s->runs[k].a < off + n; k++) {
+            size_t x = s->runs[k].a > off ? s->runs[k].a : off, y = s->runs[k].b < off + n ? s->runs[k].b : off + n;
+            if (!buf_taint_range(r, b, at + x - off, at + y - off)) return false;
+        }
     return true;
 }
 
@@ -540,10 +569,8 @@ static bool buf_puts(R *r, buf *b, const char *s) { return buf_put(r, b, s, strl
 static bool buf_putc(R *r, buf *b, char c) { return buf_put(r, b, &c, 1); }
 static void buf_free(buf *b) {
     spud_free(b->p);
-    spud_free(b->m);
-    b->p = NULL;
-    b->m = NULL;
-    b->n = b->cap = 0;
+    spud_free(b->t);
+    *b = (buf){0};
 }
 
 /* A clean string. */
@@ -553,23 +580,52 @@ static jstr *str_new(R *r, const char *s, size_t n, bool safe) {
     j->len = n;
     j->safe = safe;
     j->taint = TAINT_NONE;
+    j->n_runs = 0;
+    j->runs = NULL;
     if (n) memcpy(j->s, s, n);
     j->s[n] = '\0';
     return j;
 }
 
+/* Give fresh string j the runs t[0..n) (clipped to nothing, all or runs). */
+static bool str_set_runs(R *r, jstr *j, const trun *t, size_t n) {
+    j->taint = TAINT_NONE;
+    if (n == 0 || j->len == 0) return true;
+    if (n == 1 && t[0].a == 0 && t[0].b == j->len) {
+        j->taint = TAINT_ALL;
+        return true;
+    }
+    if (n > UINT32_MAX) {
+        j->taint = TAINT_ALL; /* more runs than a count holds: conservatively all */
+        return true;
+    }
+    trun *c = ralloc(r, n * sizeof *c);
+    if (!c) return false;
+    memcpy(c, t, n * sizeof *c);
+    j->taint = TAINT_RUNS;
+    j->n_runs = (uint32_t)n;
+    j->runs = c;
+    return true;
+}
+
 /* s's bytes [off, off + n) as a string, with their taint. */
 static jstr *str_sub(R *r, const jstr *s, size_t off, size_t n, bool safe) {
-    bool mask = s->taint == TAINT_MASK && n;
-    jstr *j = ralloc(r, sizeof *j + n + 1 + (mask ? n : 0));
-    if (!j) return NULL;
-    j->len = n;
-    j->safe = safe;
-    j->taint = n ? s->taint : TAINT_NONE;
-    if (n) memcpy(j->s, s->s + off, n);
-    j->s[n] = '\0';
-    if (mask) memcpy(j->s + n + 1, str_mask(s) + off, n);
-    return j;
+    jstr *j = str_new(r, s->s + off, n, safe);
+    if (!j || !n || s->taint == TAINT_NONE) return j;
+    if (s->taint == TAINT_ALL) {
+        j->taint = TAINT_ALL;
+        return j;
+    }
+    size_t k0 = run_after(s, off), k1 = k0;
+    while (k1 < s->n_runs && s->runs[k1].a < off + n) k1++;
+    if (k1 == k0) return j;
+    trun *t = ralloc(r, (k1 - k0) * sizeof *t);
+    if (!t) return NULL;
+    for (size_t k = k0; k < k1; k++) {
+        size_t x = s->runs[k].a > off ? s->runs[k].a : off, y = s->runs[k].b < off + n ? s->runs[k].b : off + n;
+        t[k - k0] = (trun){x - off, y - off};
+    }
+    return str_set_runs(r, j, t, k1 - k0) ? j : NULL;
 }
 
 /* A string computed from src (a case change, an escape, ...) is tainted
@@ -583,18 +639,8 @@ static void str_taint_from(jstr *out, const jstr *src) {
 static jstr *buf_finish(R *r, buf *b, bool safe) {
     jstr *s = NULL;
     if (r->failed) goto done;
-    size_t n_taint = 0;
-    if (b->m)
-        for (size_t i = 0; i < b->n; i++) n_taint += b->m[i];
-    bool mask = n_taint && n_taint < b->n;
-    s = ralloc(r, sizeof *s + b->n + 1 + (mask ? b->n : 0));
-    if (!s) goto done;
-    s->len = b->n;
-    s->safe = safe;
-    s->taint = !n_taint ? TAINT_NONE : mask ? TAINT_MASK : TAINT_ALL;
-    if (b->n) memcpy(s->s, b->p, b->n);
-    s->s[b->n] = '\0';
-    if (mask) memcpy(s->s + b->n + 1, b->m, b->n);
+    s = str_new(r, b->p ? b->p : "", b->n, safe);
+    if (s && !str_set_runs(r, s, b->t, b->nt)) s = NULL;
 done:
     buf_free(b);
     return s;
@@ -3032,26 +3078,36 @@ static bool str_concat(R *r, const jstr *a, const jstr *b, bool safe, value *out
     if (a->len + b->len > r->max_output)
         return fail(r, SPUD_ERR_RANGE, "string longer than %zu bytes", r->max_output);
     size_t n = a->len + b->len;
-    /* taint: all of it, none of it, or a mask that keeps each byte's */
-    int ta = a->len ? a->taint : b->taint, tb = b->len ? b->taint : a->taint;
-    int taint = ta == tb && ta != TAINT_MASK ? ta : TAINT_MASK;
-    jstr *c = ralloc(r, sizeof *c + n + 1 + (taint == TAINT_MASK ? n : 0));
+    jstr *c = ralloc(r, sizeof *c + n + 1);
     if (!c) return false;
     c->len = n;
     c->safe = safe;
-    c->taint = (uint8_t)taint;
+    c->taint = TAINT_NONE;
+    c->n_runs = 0;
+    c->runs = NULL;
     memcpy(c->s, a->s, a->len);
     memcpy(c->s + a->len, b->s, b->len);
     c->s[c->len] = '\0';
-    if (taint == TAINT_MASK) {
-        uint8_t *m = (uint8_t *)c->s + n + 1;
-        const jstr *part[2] = {a, b};
-        for (int k = 0; k < 2; k++) {
-            const jstr *x = part[k];
-            if (x->taint == TAINT_MASK) memcpy(m, str_mask(x), x->len);
-            else memset(m, x->taint == TAINT_ALL, x->len);
-            m += x->len;
+    if (a->taint == TAINT_ALL && b->taint == TAINT_ALL) {
+        c->taint = TAINT_ALL;
+    } else if (a->taint != TAINT_NONE || b->taint != TAINT_NONE) {
+        /* the runs of a, then those of b shifted by a->len, joined where they touch */
+        trun one[2];
+        const trun *ra = a->taint == TAINT_RUNS ? a->runs : one, *rb = b->taint == TAINT_RUNS ? b->runs : one + 1;
+        size_t na = a->taint == TAINT_RUNS ? a->n_runs : a->taint == TAINT_ALL && a->len;
+        size_t nb = b->taint == TAINT_RUNS ? b->n_runs : b->taint == TAINT_ALL && b->len;
+        one[0] = (trun){0, a->len};
+        one[1] = (trun){0, b->len};
+        trun *t = ralloc(r, (na + nb) * sizeof *t);
+        if (!t) return false;
+        memcpy(t, ra, na * sizeof *t);
+        size_t k = na;
+        for (size_t i = 0; i < nb; i++) {
+            trun x = {rb[i].a + a->len, rb[i].b + a->len};
+            if (k && t[k - 1].b == x.a) t[k - 1].b = x.b;
+            else t[k++] = x;
         }
+        if (!str_set_runs(r, c, t, k)) return false;
     }
     *out = v_str(c);
     return true;
@@ -3127,6 +3183,8 @@ static bool binop(R *r, int op, value a, value b, value *out) {
                 c->len = s->len * (size_t)k;
                 c->safe = s->safe;
                 c->taint = c->len && s->taint ? TAINT_ALL : TAINT_NONE;
+                c->n_runs = 0;
+                c->runs = NULL;
                 for (int64_t i = 0; i < k; i++) memcpy(c->s + (size_t)i * s->len, s->s, s->len);
                 c->s[c->len] = '\0';
                 *out = v_str(c);
@@ -5860,12 +5918,12 @@ spud_status spud_jinja_render_taint(const spud_jinja_template *t, json_object *v
         b.p[0] = '\0';
     }
     if (taint) {
-        if (!b.m) b.m = spud_calloc(b.n + 1, 1);
-        if (!b.m) goto nomem;
-        *taint = b.m;
-        b.m = NULL;
+        uint8_t *m = spud_calloc(b.n + 1, 1);
+        if (!m) goto nomem;
+        for (size_t k = 0; k < b.nt; k++) memset(m + b.t[k].a, 1, b.t[k].b - b.t[k].a);
+        *taint = m;
     }
-    spud_free(b.m);
+    spud_free(b.t);
     *out = b.p;
     if (out_len) *out_len = b.n;
     return SPUD_OK;

@@ -114,6 +114,13 @@ Test(taint, filters_and_methods) {
     expect_marked("{{ x | string | default('z') }}|{{ y | default(x) }}", X, "«hi»|«hi»");
     expect_marked("{{ x.removeprefix('h') }}|{{ ('<' + x).removeprefix('<') }}", X, "«i»|«hi»");
     expect_marked("{{ (x ~ '\\n' ~ x).splitlines() | join('|') }}", X, "«hi»|«hi»");
+    /* strings with tainted and clean parts: cut, indexed, escaped, replaced into */
+    expect_marked("{{ ('<' ~ x ~ '>')[1:] }}|{{ ('<' ~ x ~ '>')[2] }}|{{ ('<' ~ x ~ '>')[3] }}", X, "«hi»>|«i»|>");
+    expect_marked("{{ ('<' ~ x ~ '>') | reverse }}|{{ ('<' ~ x ~ '>' ~ x) | trim('<') }}", X, ">«ih»<|«hi»>«hi»");
+    expect_marked("{{ (x ~ '<' ~ h) | e }}", X, "«hi»&lt;«&lt;a&gt;»");
+    expect_marked("{{ (x ~ '-').replace('-', '<' ~ x ~ '>' ~ x) }}|{{ ('-' ~ x).replace('-', '<') }}", X,
+                  "«hi<hi>hi»|«<hi»");
+    expect_marked("{{ (x ~ '-' ~ x ~ '-' ~ x).split('-') | join('+') }}", X, "«hi»+«hi»+«hi»");
 }
 
 /* ---------------------------------------------------------------- vocabularies */

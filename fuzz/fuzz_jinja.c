@@ -56,17 +56,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     spud_status st = spud_jinja_render(t, vars ? vars : defaults, &o, &out, &n);
     if (st == SPUD_OK) {
         if (!out || out[n] != '\0' || n > o.max_output) abort();
-        spud_free(out);
     } else {
         const char *msg = spud_last_error();
         if (!msg[0] || strchr(msg, '\n') || out) abort();
     }
-    /* a second render of the same parse must agree (templates are immutable) */
+    /* a second render of the same parse must agree (templates are immutable), also
+       when it tracks taint: the same text, and a 0/1 mask with one byte per byte */
+    static const char *const trusted[] = {"bos_token", "eos_token", NULL};
+    o.trusted = trusted;
     char *out2 = NULL;
     size_t n2 = 0;
-    spud_status st2 = spud_jinja_render(t, vars ? vars : defaults, &o, &out2, &n2);
-    if (st2 != st) abort();
+    uint8_t *taint = NULL;
+    spud_status st2 = spud_jinja_render_taint(t, vars ? vars : defaults, &o, &out2, &n2, &taint);
+    if (st2 != st && st != SPUD_ERR_NOMEM && st2 != SPUD_ERR_NOMEM) abort();
+    if (st == SPUD_OK && st2 == SPUD_OK) {
+        if (n2 != n || memcmp(out, out2, n) || !taint) abort();
+        for (size_t i = 0; i < n; i++)
+            if (taint[i] > 1) abort();
+    }
+    spud_free(out);
     spud_free(out2);
+    spud_free(taint);
     spud_jinja_free(t);
     json_object_put(vars);
     return 0;

@@ -114,6 +114,20 @@ test('grammar: a GBNF string constrains the output (llama-server extension)', as
   }
 });
 
+test('logprobs under a grammar are those of the constrained distribution', async () => {
+  const r = await c.chat.completions.create({ model: 'm', messages: user, seed: 1, grammar: 'root ::= [0-9]{6}\n',
+    logprobs: true, top_logprobs: 5 });
+  const lp = r.choices[0].logprobs.content;
+  assert.equal(lp.map((x) => x.token).join(''), r.choices[0].message.content);
+  for (const x of lp) {
+    assert.ok(x.top_logprobs.length > 0);
+    for (const t of x.top_logprobs) assert.match(t.token, /^[0-9]+$/, 'a refused token among the alternatives');
+    const mass = x.top_logprobs.reduce((a, t) => a + Math.exp(t.logprob), 0);
+    assert.ok(mass <= 1 + 1e-4, String(mass));
+    assert.ok(x.logprob <= 0 && x.logprob > -50);
+  }
+});
+
 test('completions: grammar and response_format constrain /v1/completions too', async () => {
   for (const seed of [1, 2]) {
     const r = await c.completions.create({ model: 'm', prompt: 'Numbers:', seed, max_tokens: 100, grammar: 'root ::= [0-9]{3} ("-" [0-9]{3}){2}\n' });

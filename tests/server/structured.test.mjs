@@ -216,3 +216,34 @@ test('errors: invalid schemas, strict-mode keywords, malformed grammars, bad too
   // the openai client surfaces them as BadRequestError
   await assert.rejects(c.chat.completions.create({ model: 'm', messages: user, grammar: '(' }), (e) => e instanceof OpenAI.BadRequestError && e.param === 'grammar');
 });
+
+test('garbage in response_format, grammar, tools and tool_choice: a 400 or an answer, never a crash', async () => {
+  let seed = 12345;
+  const rnd = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return (seed >>> 12) % n; };
+  const atoms = [null, true, 0, -1, 1e308, '', 'x', 'auto', 'none', 'required', 'function', 'json_schema', 'json_object',
+    'text', 'object', 'string', 'root ::= "a"', 'root ::= (', '<tool_call>', '\u0000', '\ud83d\ude00', [], {}];
+  const keys = ['type', 'json_schema', 'schema', 'name', 'strict', 'function', 'parameters', 'properties', 'items',
+    'required', 'enum', 'const', '$ref', 'anyOf', 'pattern', 'minLength', 'maxItems', 'format', 'additionalProperties'];
+  const gen = (d) => {
+    const k = rnd(d > 3 ? 1 : 3);
+    if (k === 0) return structuredClone(atoms[rnd(atoms.length)]);
+    if (k === 1) return Array.from({ length: rnd(3) }, () => gen(d + 1));
+    return Object.fromEntries(Array.from({ length: rnd(4) }, () => [keys[rnd(keys.length)], gen(d + 1)]));
+  };
+  const fields = ['response_format', 'grammar', 'tools', 'tool_choice', 'parallel_tool_calls'];
+  const counts = {};
+  for (let i = 0; i < 300; i++) {
+    const body = { model: 'm', messages: user, max_tokens: 8, seed: i };
+    for (const f of fields) if (rnd(2)) body[f] = gen(0);
+    const route = rnd(3);
+    const path = ['/v1/chat/completions', '/v1/responses', '/v1/completions'][route];
+    if (route === 1) { body.input = 'x'; delete body.messages; if (rnd(2)) body.text = { format: body.response_format }; }
+    if (route === 2) { body.prompt = 'x'; delete body.messages; }
+    const r = await raw(S, path, { body });
+    counts[r.status] = (counts[r.status] ?? 0) + 1;
+    assert.ok(r.status === 200 || r.status === 400, `${r.status} for ${JSON.stringify(body)}: ${r.text.slice(0, 300)}`);
+    if (r.status === 400) assertErrorShape(assert, r, 400);
+  }
+  console.log('garbage requests by status:', JSON.stringify(counts));
+  assert.equal((await raw(S, '/v1/chat/completions', { body: { model: 'm', messages: user, max_tokens: 2 } })).status, 200);
+});

@@ -114,22 +114,17 @@ static int turn(chat *ch) {
     spud_detok dt;
     const char *stop = "end of turn";
 
-    size_t plen;
-    uint8_t *taint = NULL;
-    if (spud_chat_render_taint(ch->ct, ch->msgs, NULL, true, NULL, &prompt, &plen, &taint)) {
+    /* control tokens only where the template wrote them, never from what the user typed;
+       BOS as the tokenizer asks, unless the template already wrote it */
+    size_t plen = 0;
+    spud_status st = spud_chat_tokenize(ch->ct, m->tok, ch->msgs, NULL, true, true, &prompt, &plen, &ids, &n_ids);
+    if (st) {
         cli_error(CMD, "%s", spud_last_error());
+        if (st == SPUD_ERR_NOMEM) goto done;
         return 1; /* the template refused this conversation: drop the message */
     }
     const char *bos = spud_chat_template_bos(ch->ct);
-    /* add BOS as the tokenizer asks, unless the template already wrote it */
-    bool add_bos = !(bos[0] && strncmp(prompt, bos, strlen(bos)) == 0);
-    /* control tokens only where the template wrote them, never from what the user typed */
-    spud_status st = spud_tok_encode_masked(m->tok, prompt, plen, add_bos, taint, &ids, &n_ids);
-    spud_free(taint);
-    if (st) {
-        cli_error(CMD, "%s", spud_last_error());
-        goto done;
-    }
+    bool add_bos = !(bos[0] && strncmp(prompt, bos, strlen(bos)) == 0); /* for the log */
     if (n_ids + 1 >= ch->n_ctx) {
         cli_error(CMD, "the conversation is %zu tokens, more than the context of %u: use /reset or -c",
                   n_ids, ch->n_ctx);

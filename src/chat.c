@@ -130,23 +130,43 @@ spud_status spud_chat_render(const spud_chat_template *t, json_object *messages,
 }
 
 spud_status spud_chat_tokenize(const spud_chat_template *t, const spud_tokenizer *tok, json_object *messages,
-                               json_object *tools, bool add_generation_prompt, bool add_special,
-                               int32_t **ids, size_t *n_ids) {
+                               json_object *tools, bool add_generation_prompt, bool add_bos, char **text_out,
+                               size_t *len_out, int32_t **ids, size_t *n_ids) {
     char *text;
     size_t len;
     uint8_t *taint;
     *ids = NULL;
     *n_ids = 0;
+    if (text_out) *text_out = NULL;
     spud_status st = spud_chat_render_taint(t, messages, tools, add_generation_prompt, NULL, &text, &len, &taint);
     if (st) return st;
-    st = spud_tok_encode_masked(tok, text, len, add_special, taint, ids, n_ids);
-    spud_free(text);
+    /* never EOS: the prompt ends where the model's answer starts */
+    st = spud_tok_encode_masked(tok, text, len, false, taint, ids, n_ids);
     spud_free(taint);
-    if (st) return st;
     int32_t bos = spud_tok_bos(tok);
-    if (*n_ids >= 2 && bos >= 0 && (*ids)[0] == bos && (*ids)[1] == bos) { /* the template wrote BOS too */
-        memmove(*ids, *ids + 1, (*n_ids - 1) * sizeof **ids);
-        (*n_ids)--;
+    if (!st && add_bos && spud_tok_add_bos(tok) && bos >= 0 && (*n_ids == 0 || (*ids)[0] != bos)) {
+        int32_t *more = spud_realloc(*ids, (*n_ids + 1) * sizeof **ids);
+        if (more) {
+            memmove(more + 1, more, *n_ids * sizeof *more);
+            more[0] = bos;
+            *ids = more;
+            (*n_ids)++;
+        } else {
+            st = spud_errorf(SPUD_ERR_NOMEM, "out of memory");
+        }
+    }
+    if (st) {
+        spud_free(*ids);
+        *ids = NULL;
+        *n_ids = 0;
+        spud_free(text);
+        return st;
+    }
+    if (text_out) {
+        *text_out = text;
+        if (len_out) *len_out = len;
+    } else {
+        spud_free(text);
     }
     return SPUD_OK;
 }

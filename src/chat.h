@@ -11,7 +11,7 @@
  *     spud_chat_template *ct;
  *     spud_chat_template_from_gguf(model->gguf, &ct);     // parsed once per model
  *     int32_t *ids; size_t n;
- *     if (spud_chat_tokenize(ct, tok, messages, tools, true, false, &ids, &n)) { ... spud_last_error() ... }
+ *     if (spud_chat_tokenize(ct, tok, messages, tools, true, false, NULL, NULL, &ids, &n)) { ... spud_last_error() ... }
  *     ... decode ids ...
  *     spud_free(ids);
  *     spud_chat_template_free(ct);
@@ -77,11 +77,12 @@ spud_status spud_chat_render_taint(const spud_chat_template *t, json_object *mes
 
 /* Render and tokenize a conversation for the model, safely: special tokens
  * are parsed only in what the template wrote (see the top of this file).
- * add_special: add BOS / EOS as the vocabulary asks (spud_tok_encode), with
- * no second BOS when the template already wrote one. *ids: free with
- * spud_free. */
+ * add_bos: put BOS first when the vocabulary asks for it (add_bos_token) and
+ * the template did not write it (Hugging Face's apply_chat_template adds
+ * none: pass false for that). Never EOS. *ids, and *text (the prompt, when
+ * text is not NULL; len may be NULL): free with spud_free. */
 spud_status spud_chat_tokenize(const spud_chat_template *t, const spud_tokenizer *tok, json_object *messages,
-                               json_object *tools, bool add_generation_prompt, bool add_special,
-                               int32_t **ids, size_t *n_ids);
+                               json_object *tools, bool add_generation_prompt, bool add_bos, char **text,
+                               size_t *len, int32_t **ids, size_t *n_ids);
 
 #endif

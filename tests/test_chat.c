@@ -372,7 +372,7 @@ static void check_template(vocab *v, const char *file) {
         cr_assert(strstr(text, SENTINEL), "%s: the content is not in the prompt", name);
         size_t n_want, n;
         int32_t *want = reference_ids(v->t, text, injection, &n_want), *ids;
-        cr_assert_eq(spud_chat_tokenize(ct, v->t, real, NULL, true, false, &ids, &n), SPUD_OK, "%s", spud_last_error());
+        cr_assert_eq(spud_chat_tokenize(ct, v->t, real, NULL, true, false, NULL, NULL, &ids, &n), SPUD_OK, "%s", spud_last_error());
         bool same = same_ids(ids, n, want, n_want);
         size_t at = 0;
         while (at < n && at < n_want && ids[at] == want[at]) at++;
@@ -481,4 +481,38 @@ Test(taint, out_of_memory_is_an_error) {
         cr_assert_null(taint);
     }
     cr_assert_fail("never succeeded");
+}
+
+/* BOS: added when asked and the vocabulary wants it, once, never EOS. */
+Test(taint, chat_tokenize_bos) {
+    vocab v = vocab_npm("llama3_1"); /* add_bos_token: true */
+    int32_t bos = spud_tok_bos(v.t), eos = spud_tok_eos(v.t);
+    cr_assert(spud_tok_add_bos(v.t) && bos >= 0);
+    json_object *m = conversation(0, "hi");
+    spud_chat_template *own, *chatml;
+    cr_assert_eq(spud_chat_template_from_gguf(v.g, &own), SPUD_OK);
+    cr_assert_eq(spud_chat_template_new(NULL, 0, "", "", &chatml), SPUD_OK);
+    struct {
+        spud_chat_template *ct;
+        bool add_bos;
+        int n_bos; /* BOS at the start */
+    } cases[] = {{own, true, 1}, {own, false, 1}, {chatml, true, 1}, {chatml, false, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int32_t *ids;
+        size_t n, len;
+        char *text;
+        cr_assert_eq(spud_chat_tokenize(cases[i].ct, v.t, m, NULL, true, cases[i].add_bos, &text, &len, &ids, &n), SPUD_OK);
+        cr_assert_eq(strlen(text), len);
+        int n_bos = 0;
+        for (size_t k = 0; k < n; k++) n_bos += ids[k] == bos;
+        cr_expect_eq(n_bos, cases[i].n_bos, "case %zu", i);
+        cr_expect(cases[i].n_bos == 0 || ids[0] == bos, "case %zu", i);
+        cr_expect_neq(ids[n - 1], eos, "case %zu", i);
+        spud_free(ids);
+        spud_free(text);
+    }
+    spud_chat_template_free(own);
+    spud_chat_template_free(chatml);
+    json_object_put(m);
+    vocab_close(&v);
 }

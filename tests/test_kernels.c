@@ -1224,7 +1224,7 @@ static void mdot_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
     cr_log_info("%s: mdot checked on %d ISA(s)", spud_type_get(t)->name, tested);
 }
 
-static const int64_t mdot_len32[] = {32, 96, 512, 544, 1056, 4128, 2048 + 15 * 32};
+static const int64_t mdot_len32[] = {32, 96, 512, 544, 1056, 4128, 2048 + 15 * 32, 8192 + 32};
 static const int64_t mdot_len256[] = {256, 512, 1792, 4096};
 
 Test(mdot, q4_0) { mdot_suite(SPUD_TYPE_Q4_0, mdot_len32, sizeof mdot_len32 / sizeof mdot_len32[0]); }

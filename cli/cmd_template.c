@@ -24,6 +24,9 @@ static void template_usage(FILE *f) {
             "  --tools FILE          OpenAI tools list (JSON array); `tools` is undefined without it\n"
             "  --no-generation-prompt   add_generation_prompt = false (default true)\n"
             "  --time N              also render N more times and print the time per render to stderr\n"
+            "  --untrusted           print JSON instead: {\"prompt\": TEXT, \"untrusted\": [[START, END], ...]},\n"
+            "                        the byte ranges that came from messages / tools (special tokens\n"
+            "                        are never parsed there, see docs/DESIGN.md)\n"
             "strftime_now() uses SOURCE_DATE_EPOCH (UTC) when set. A template error, raise_exception()\n"
             "included, exits 1 with the message and the template line.\n");
 }
@@ -62,7 +65,7 @@ static json_object *read_json(const char *cmd, const char *path) {
 int cmd_template(int argc, char **argv) {
     const char *cmd = "template", *model_path = NULL, *tpl_path = NULL, *msg_path = NULL,
                *tools_path = NULL, *bos = NULL, *eos = NULL;
-    bool add_gen = true;
+    bool add_gen = true, untrusted = false;
     int64_t n_time = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -86,6 +89,8 @@ int cmd_template(int argc, char **argv) {
             i++;
         } else if (!strcmp(a, "--no-generation-prompt")) {
             add_gen = false;
+        } else if (!strcmp(a, "--untrusted")) {
+            untrusted = true;
         } else if (!strcmp(a, "--time")) {
             if (!cli_parse_i64(cmd, a, val, 1, 100000000, &n_time)) return 2;
             i++;
@@ -107,6 +112,7 @@ int cmd_template(int argc, char **argv) {
     spud_chat_template *ct = NULL;
     json_object *msgs = NULL, *tools = NULL;
     char *out = NULL, *src = NULL;
+    uint8_t *taint = NULL;
     size_t out_len = 0, src_len = 0;
     spud_status st;
     double t_parse = spud_time_s();
@@ -147,7 +153,7 @@ int cmd_template(int argc, char **argv) {
         goto done;
     }
     if (tools_path && !(tools = read_json(cmd, tools_path))) goto done;
-    if (spud_chat_render_ex(ct, msgs, tools, add_gen, NULL, &out, &out_len)) {
+    if (spud_chat_render_taint(ct, msgs, tools, add_gen, NULL, &out, &out_len, untrusted ? &taint : NULL)) {
         cli_error(cmd, "%s", spud_last_error());
         goto done;
     }
@@ -165,13 +171,37 @@ int cmd_template(int argc, char **argv) {
         fprintf(stderr, "spud template: %zu bytes; parse %.1f us (with loading); render %.2f us per conversation (%lld renders)\n",
                 out_len, t_parse * 1e6, dt / (double)n_time * 1e6, (long long)n_time);
     }
-    if (fwrite(out, 1, out_len, stdout) != out_len || fflush(stdout)) {
+    if (untrusted) {
+        json_object *j = json_object_new_object(), *spans = json_object_new_array();
+        json_object_object_add(j, "prompt", json_object_new_string_len(out, (int)out_len));
+        for (size_t i = 0; i < out_len;) {
+            if (!taint[i]) {
+                i++;
+                continue;
+            }
+            size_t e = i;
+            while (e < out_len && taint[e]) e++;
+            json_object *span = json_object_new_array();
+            json_object_array_add(span, json_object_new_int64((int64_t)i));
+            json_object_array_add(span, json_object_new_int64((int64_t)e));
+            json_object_array_add(spans, span);
+            i = e;
+        }
+        json_object_object_add(j, "untrusted", spans);
+        printf("%s\n", json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(j);
+        if (fflush(stdout)) {
+            cli_error(cmd, "write error");
+            goto done;
+        }
+    } else if (fwrite(out, 1, out_len, stdout) != out_len || fflush(stdout)) {
         cli_error(cmd, "write error");
         goto done;
     }
     rc = 0;
 done:
     spud_free(out);
+    spud_free(taint);
     spud_free(src);
     json_object_put(msgs);
     json_object_put(tools);

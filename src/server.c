@@ -87,6 +87,7 @@ srv_gen *srv_gen_new(spud_server *s, srv_api api, srv_route route, int32_t n_cho
     g->api = api;
     g->route = route;
     g->n_choices = n_choices;
+    g->per_req = n_choices;
     g->created = (int64_t)time(NULL);
     g->sock = -1;
     srv_random_id(g->id, sizeof g->id,
@@ -97,8 +98,8 @@ srv_gen *srv_gen_new(spud_server *s, srv_api api, srv_route route, int32_t n_cho
 
 void srv_gen_free(srv_gen *g) {
     if (!g) return;
-    if (g->req) {
-        spud_engine_req_release(g->req);
+    for (int32_t i = 0; i < g->n_reqs; i++) spud_engine_req_release(g->reqs[i]);
+    if (g->n_reqs > 0) {
         pthread_mutex_lock(&g->s->mu);
         g->s->in_flight--;
         pthread_cond_broadcast(&g->s->cv);
@@ -110,7 +111,7 @@ void srv_gen_free(srv_gen *g) {
         if (g->ch[c].lp) json_object_put(g->ch[c].lp);
     }
     spud_free(g->ch);
-    spud_free(g->echo);
+    for (int32_t i = 0; i < SRV_MAX_PROMPTS; i++) spud_free(g->echo[i]);
     if (g->resp) json_object_put(g->resp);
     if (g->conv) json_object_put(g->conv);
     spud_free(g->out);
@@ -119,15 +120,37 @@ void srv_gen_free(srv_gen *g) {
 }
 
 bool srv_gen_submit(srv_gen *g, const spud_engine_req_params *p, srv_error *err) {
-    spud_status st = spud_engine_submit(g->s->engine, p, &g->req);
+    if (g->n_reqs >= SRV_MAX_PROMPTS || (g->n_reqs + 1) * g->per_req > g->n_choices)
+        return srv_fail(err, 500, "", "internal error: too many engine requests");
+    spud_status st = spud_engine_submit(g->s->engine, p, &g->reqs[g->n_reqs]);
     if (st == SPUD_ERR_RANGE)
         return srv_fail(err, 429, "", "the server is busy (%s); retry later", spud_last_error());
     if (st) return srv_fail(err, atomic_load(&g->s->state) == SRV_READY ? 400 : 503, "", "%s",
                             spud_last_error());
-    g->n_prompt = (uint32_t)p->n_prompt;
-    pthread_mutex_lock(&g->s->mu);
-    g->s->in_flight++;
-    pthread_mutex_unlock(&g->s->mu);
+    g->n_prompt += (uint32_t)p->n_prompt;
+    if (g->n_reqs++ == 0) {
+        pthread_mutex_lock(&g->s->mu);
+        g->s->in_flight++;
+        pthread_mutex_unlock(&g->s->mu);
+    }
+    return true;
+}
+
+const char *srv_gen_error(const srv_gen *g) {
+    for (int32_t i = 0; i < g->n_reqs; i++) {
+        const char *m = spud_engine_req_error(g->reqs[i]);
+        if (m[0]) return m;
+    }
+    return "";
+}
+
+static void gen_cancel(srv_gen *g) {
+    for (int32_t i = 0; i < g->n_reqs; i++) spud_engine_req_cancel(g->reqs[i]);
+}
+
+static bool gen_engine_done(srv_gen *g) {
+    for (int32_t i = 0; i < g->n_reqs; i++)
+        if (!spud_engine_req_done(g->reqs[i])) return false;
     return true;
 }
 
@@ -165,7 +188,7 @@ static bool gen_pump(srv_gen *g) {
     for (int32_t c = 0; c < g->n_choices; c++) {
         srv_choice *ch = &g->ch[c];
         if (ch->finish) continue;
-        spud_engine_req_take(g->req, c, &g->d);
+        spud_engine_req_take(g->reqs[c / g->per_req], c % g->per_req, &g->d);
         const spud_engine_delta *d = &g->d;
         if (d->len) {
             if (ch->len + d->len + 1 > ch->cap) {
@@ -200,38 +223,48 @@ static bool gen_pump(srv_gen *g) {
             all = false;
     }
     if (all) {
-        spud_engine_req_info info;
-        spud_engine_req_get_info(g->req, &info);
-        g->n_cached = info.n_cached;
+        g->n_cached = 0;
+        for (int32_t i = 0; i < g->n_reqs; i++) {
+            spud_engine_req_info info;
+            spud_engine_req_get_info(g->reqs[i], &info);
+            g->n_cached += info.n_cached;
+        }
     }
     return all;
 }
 
 /* Wait for engine news or the client leaving: 1 news, 0 timeout, -1 the client left. */
 static int gen_wait(srv_gen *g) {
-    struct pollfd pfd[2] = {
-        {.fd = spud_engine_req_fd(g->req), .events = POLLIN},
-        {.fd = g->sock, .events = POLLRDHUP},
-    };
-    int n = g->sock >= 0 && g->sock_watch ? 2 : 1, k;
+    struct pollfd pfd[SRV_MAX_PROMPTS + 1];
+    int n = 0, k;
+    if (g->sock >= 0 && g->sock_watch) pfd[n++] = (struct pollfd){.fd = g->sock, .events = POLLRDHUP};
+    int first = n;
+    for (int32_t i = 0; i < g->n_reqs; i++)
+        pfd[n++] = (struct pollfd){.fd = spud_engine_req_fd(g->reqs[i]), .events = POLLIN};
     do {
         k = poll(pfd, (nfds_t)n, 1000);
     } while (k < 0 && errno == EINTR);
     if (k <= 0) return 0;
-    if (n == 2 && (pfd[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) return -1;
-    if (pfd[0].revents & POLLIN) {
-        uint64_t v;
-        ssize_t r = read(pfd[0].fd, &v, sizeof v);
-        (void)r;
-    }
+    if (first == 1 && (pfd[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) return -1;
+    for (int i = first; i < n; i++)
+        if (pfd[i].revents & POLLIN) {
+            uint64_t v;
+            ssize_t r = read(pfd[i].fd, &v, sizeof v);
+            (void)r;
+        }
     return 1;
 }
 
 /* Record the generation's timings once it is over. */
 static void gen_close(srv_gen *g) {
-    if (!g->req) return;
-    spud_engine_req_info info;
-    spud_engine_req_get_info(g->req, &info);
+    if (g->n_reqs == 0) return;
+    spud_engine_req_info info = {0};
+    for (int32_t i = 0; i < g->n_reqs; i++) { /* the first token of any prompt, the end of all */
+        spud_engine_req_info x;
+        spud_engine_req_get_info(g->reqs[i], &x);
+        if (x.t_first > 0 && (info.t_first == 0 || x.t_first < info.t_first)) info.t_first = x.t_first;
+        if (x.t_done > info.t_done) info.t_done = x.t_done;
+    }
     int64_t n_gen = 0;
     for (int32_t c = 0; c < g->n_choices; c++) n_gen += g->ch[c].n_gen;
     double ttft = info.t_first > 0 ? info.t_first - g->t_arrival : -1;
@@ -258,7 +291,7 @@ static void gen_stream_end(srv_gen *g) {
     if (w) {
         srv_error e;
         if (w == SPUD_FINISH_ERROR)
-            srv_fail(&e, 500, "", "generation failed: %s", spud_engine_req_error(g->req));
+            srv_fail(&e, 500, "", "generation failed: %s", srv_gen_error(g));
         else
             srv_fail(&e, 503, "", "the server is shutting down");
         srv_out_event(g, NULL, srv_error_json(&e));
@@ -286,7 +319,7 @@ static ssize_t gen_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         }
         if (g->out_len == 0 && gen_wait(g) < 0) {
             g->client_left = true;
-            spud_engine_req_cancel(g->req);
+            gen_cancel(g);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
     }
@@ -298,7 +331,7 @@ static ssize_t gen_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void gen_reader_free(void *cls) {
     srv_gen *g = cls;
-    if (g->req && !spud_engine_req_done(g->req)) g->client_left = true;
+    if (g->n_reqs > 0 && !gen_engine_done(g)) g->client_left = true;
     gen_close(g);
     srv_gen_free(g);
 }
@@ -329,7 +362,7 @@ static enum MHD_Result respond_gen(struct MHD_Connection *c, spud_server *s, srv
     while (!gen_pump(g)) {
         if (gen_wait(g) < 0) {
             g->client_left = true;
-            spud_engine_req_cancel(g->req);
+            gen_cancel(g);
             gen_close(g);
             srv_metrics_request(&s->metrics, g->route, 499);
             srv_gen_free(g);
@@ -342,7 +375,7 @@ static enum MHD_Result respond_gen(struct MHD_Connection *c, spud_server *s, srv
     if (w) {
         srv_error e;
         if (w == SPUD_FINISH_ERROR)
-            srv_fail(&e, 500, "", "generation failed: %s", spud_engine_req_error(g->req));
+            srv_fail(&e, 500, "", "generation failed: %s", srv_gen_error(g));
         else
             srv_fail(&e, 503, "", "the server is shutting down");
         ret = send_error(c, s, g->route, &e);

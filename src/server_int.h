@@ -116,6 +116,8 @@ struct spud_server {
 
 /* ---- one generation, streamed or not ---- */
 
+#define SRV_MAX_PROMPTS 64 /* prompts per /v1/completions request */
+
 /* A growable NUL-terminated byte string. */
 typedef struct {
     char *p;
@@ -157,7 +159,10 @@ typedef struct srv_gen {
     spud_server *s;
     srv_api api;
     srv_route route;
-    spud_engine_req *req;
+    /* one engine request per prompt (completions may send several, up to
+     * SRV_MAX_PROMPTS): choice c is choice c % per_req of reqs[c / per_req] */
+    spud_engine_req *reqs[SRV_MAX_PROMPTS];
+    int32_t n_reqs, per_req;
     int32_t n_choices;
     srv_choice *ch;
     bool stream, include_usage, logprobs;
@@ -173,7 +178,7 @@ typedef struct srv_gen {
     int64_t created;
     uint32_t n_prompt, n_cached;
     double t_arrival;
-    char *echo;       /* completions echo: the prompt text */
+    char *echo[SRV_MAX_PROMPTS]; /* completions echo: each prompt's text */
 
     /* responses */
     json_object *resp;    /* the response object being built (fields echoed from the request) */
@@ -192,8 +197,12 @@ typedef struct srv_gen {
 
 srv_gen *srv_gen_new(spud_server *s, srv_api api, srv_route route, int32_t n_choices);
 void srv_gen_free(srv_gen *g);
-/* Queue the engine request (429 when the queue is full). */
+/* Queue one more engine request, for the next per_req choices (429 when the
+ * queue is full; the requests already queued stay with g and are released
+ * with it). */
 bool srv_gen_submit(srv_gen *g, const spud_engine_req_params *p, srv_error *err);
+/* The error message of the first failed engine request ("" if none). */
+const char *srv_gen_error(const srv_gen *g);
 /* Append bytes / one SSE event to the stream's output. */
 void srv_out(srv_gen *g, const char *s, size_t n);
 void srv_out_event(srv_gen *g, const char *event, json_object *data); /* consumes data */

@@ -514,8 +514,8 @@ void srv_oai_stream_delta(srv_gen *g, int32_t c, const spud_engine_delta *d) {
         ch->role_sent = true;
         if (chat)
             stream_chunk(g, c, "", 0, true, NULL, NULL);
-        else if (g->echo)
-            stream_chunk(g, c, g->echo, strlen(g->echo), false, NULL, NULL);
+        else if (g->echo[c / g->per_req])
+            stream_chunk(g, c, g->echo[c / g->per_req], strlen(g->echo[c / g->per_req]), false, NULL, NULL);
     }
     if (chat && g->parse) { /* content, reasoning and calls come from the parser; logprobs on their own */
         if (d->len || d->finish) srv_parse_feed(g, c, d->text, d->len, d->finish != SPUD_FINISH_NONE);
@@ -590,7 +590,7 @@ json_object *srv_oai_final(srv_gen *g) {
             json_object_object_add(x, "logprobs", lp);
         } else {
             tbuf b = {0};
-            if (g->echo) tb_str(&b, g->echo);
+            if (g->echo[c / g->per_req]) tb_str(&b, g->echo[c / g->per_req]);
             tb_add(&b, ch->text ? ch->text : "", ch->len);
             json_object_object_add(x, "text", json_object_new_string_len(b.p ? b.p : "", (int)b.n));
             spud_free(b.p);
@@ -641,7 +641,7 @@ static bool parse_common(spud_server *s, json_object *body, bool chat, srv_gen *
     }
     p->logprobs = g->logprobs;
     p->top_logprobs = g->top_logprobs;
-    p->n_choices = g->n_choices;
+    p->n_choices = g->per_req; /* per prompt */
     (void)s;
     return true;
 }
@@ -728,6 +728,35 @@ bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **out, srv_erro
 static bool completion_prompt(spud_server *s, json_object *body, json_object *prompt, bool echo, srv_gen *g,
                               spud_engine_req_params *pp, srv_constraint *con, srv_error *e);
 
+/* True for an array holding only token ids (one prompt). */
+static bool is_id_array(json_object *a) {
+    if (!json_object_is_type(a, json_type_array) || json_object_array_length(a) == 0) return false;
+    for (size_t i = 0; i < json_object_array_length(a); i++)
+        if (!json_object_is_type(json_object_array_get_idx(a, i), json_type_int)) return false;
+    return true;
+}
+
+/* How many prompts 'prompt' holds: a string or an array of token ids is one;
+ * an array of strings and token-id arrays is one each. */
+static bool count_prompts(json_object *prompt, int32_t *n, srv_error *e) {
+    *n = 1;
+    if (!json_object_is_type(prompt, json_type_array) || is_id_array(prompt)) return true;
+    size_t k = json_object_array_length(prompt);
+    if (k == 0) return srv_fail(e, 400, "prompt", "'prompt' is empty");
+    if (k > SRV_MAX_PROMPTS)
+        return srv_fail(e, 400, "prompt", "'prompt' holds %zu prompts; at most %d per request", k, SRV_MAX_PROMPTS);
+    for (size_t i = 0; i < k; i++) {
+        json_object *x = json_object_array_get_idx(prompt, i);
+        if (!json_object_is_type(x, json_type_string) && !is_id_array(x))
+            return srv_fail(e, 400, "prompt",
+                            "'prompt[%zu]' must be a string or a non-empty array of token ids (a 'prompt' array "
+                            "holds token ids, or prompts: strings and token-id arrays)",
+                            i);
+    }
+    *n = (int32_t)k;
+    return true;
+}
+
 bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, srv_error *e) {
     json_object *prompt = NULL;
     int32_t n;
@@ -736,6 +765,8 @@ bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, sr
     if (!json_object_object_get_ex(body, "prompt", &prompt) || !prompt)
         return srv_fail(e, 400, "prompt", "'prompt' is required");
     if (!parse_n(s, body, &n, e)) return false;
+    int32_t n_prompts = 1;
+    if (!count_prompts(prompt, &n_prompts, e)) return false;
     srv_constraint con = {0}; /* response_format and grammar apply to completions too (as in llama-server) */
     json_object *rf = NULL;
     json_object_object_get_ex(body, "response_format", &rf);
@@ -743,7 +774,8 @@ bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, sr
         srv_constraint_free(&con);
         return false;
     }
-    srv_gen *g = *out = srv_gen_new(s, API_COMPLETION, ROUTE_COMPLETIONS, n);
+    srv_gen *g = *out = srv_gen_new(s, API_COMPLETION, ROUTE_COMPLETIONS, n * n_prompts);
+    if (g) g->per_req = n;
     spud_engine_req_params p = {0};
     const char *stop[SPUD_ENGINE_MAX_STOP];
     bool echo = false;
@@ -755,34 +787,41 @@ bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, sr
     return ok;
 }
 
-/* The prompt of a completion (a string or token ids), then submit. */
+static bool completion_one(spud_server *s, json_object *body, json_object *prompt, const char *param, bool echo,
+                           srv_gen *g, spud_engine_req_params *pp, srv_constraint *con, srv_error *e);
+
+/* The prompts of a completion (count_prompts has checked their shapes); each
+ * is its own engine request with the request's n choices, submitted in order. */
 static bool completion_prompt(spud_server *s, json_object *body, json_object *prompt, bool echo, srv_gen *g,
                               spud_engine_req_params *pp, srv_constraint *con, srv_error *e) {
-    spud_engine_req_params p = *pp;
-
-    /* a string, or one prompt in an array: [string], [ids...], [[ids...]] */
-    if (json_object_is_type(prompt, json_type_array) && json_object_array_length(prompt) == 1) {
-        json_object *only = json_object_array_get_idx(prompt, 0);
-        if (json_object_is_type(only, json_type_string) || json_object_is_type(only, json_type_array))
-            prompt = only;
+    if (!json_object_is_type(prompt, json_type_array) || is_id_array(prompt))
+        return completion_one(s, body, prompt, "prompt", echo, g, pp, con, e);
+    int32_t k = g->n_choices / g->per_req;
+    for (int32_t i = 0; i < k; i++) {
+        char param[32];
+        snprintf(param, sizeof param, k == 1 ? "prompt" : "prompt[%d]", (int)i);
+        if (!completion_one(s, body, json_object_array_get_idx(prompt, (size_t)i), param, echo, g, pp, con, e))
+            return false;
     }
+    return true;
+}
+
+/* One prompt (a string or token ids): tokenize, submit. */
+static bool completion_one(spud_server *s, json_object *body, json_object *prompt, const char *param, bool echo,
+                           srv_gen *g, spud_engine_req_params *pp, srv_constraint *con, srv_error *e) {
+    spud_engine_req_params p = *pp;
+    char **echo_out = &g->echo[g->n_reqs];
     int32_t *ids = NULL;
     size_t n_ids = 0;
     if (json_object_is_type(prompt, json_type_string)) {
         if (!srv_tokenize_prompt(s, json_object_get_string(prompt), (size_t)json_object_get_string_len(prompt),
-                                 true, "prompt", &ids, &n_ids, e))
+                                 true, param, &ids, &n_ids, e))
             return false;
-        if (echo) g->echo = spud_strndup(json_object_get_string(prompt), (size_t)json_object_get_string_len(prompt));
+        if (echo) *echo_out = spud_strndup(json_object_get_string(prompt), (size_t)json_object_get_string_len(prompt));
     } else if (json_object_is_type(prompt, json_type_array)) {
         n_ids = json_object_array_length(prompt);
-        if (n_ids == 0) return srv_fail(e, 400, "prompt", "'prompt' is empty");
-        for (size_t i = 0; i < n_ids; i++)
-            if (!json_object_is_type(json_object_array_get_idx(prompt, i), json_type_int))
-                return srv_fail(e, 400, "prompt",
-                                "'prompt' must be a string, an array of token ids, or an array holding one "
-                                "of those (several prompts per request are not supported)");
         if (n_ids > s->n_ctx) {
-            srv_fail(e, 400, "prompt",
+            srv_fail(e, 400, param,
                      "this model's context is %u tokens per sequence, but the prompt is %zu tokens", s->n_ctx,
                      n_ids);
             e->code = "context_length_exceeded";
@@ -796,8 +835,8 @@ static bool completion_prompt(spud_server *s, json_object *body, json_object *pr
             if (v < 0 || v >= spud_model_n_vocab(s->model)) {
                 spud_free(ids);
                 spud_free(b.p);
-                return srv_fail(e, 400, "prompt", "token id %lld in 'prompt' is out of range (vocabulary: %d)",
-                                (long long)v, (int)spud_model_n_vocab(s->model));
+                return srv_fail(e, 400, param, "token id %lld in '%s' is out of range (vocabulary: %d)",
+                                (long long)v, param, (int)spud_model_n_vocab(s->model));
             }
             ids[i] = (int32_t)v;
             if (echo) {
@@ -808,7 +847,7 @@ static bool completion_prompt(spud_server *s, json_object *body, json_object *pr
         }
         if (echo) {
             json_object *clean = srv_json_string_lossy(b.p ? b.p : "", b.n);
-            g->echo = spud_strndup(json_object_get_string(clean), (size_t)json_object_get_string_len(clean));
+            *echo_out = spud_strndup(json_object_get_string(clean), (size_t)json_object_get_string_len(clean));
             json_object_put(clean);
         }
         spud_free(b.p);

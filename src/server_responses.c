@@ -350,7 +350,7 @@ static json_object *response_now(srv_gen *g, bool final) {
         json_object *err = json_object_new_object();
         json_object_object_add(err, "code", json_object_new_string("server_error"));
         json_object_object_add(err, "message",
-                               json_object_new_string(f == SPUD_FINISH_ERROR ? spud_engine_req_error(g->req)
+                               json_object_new_string(f == SPUD_FINISH_ERROR ? srv_gen_error(g)
                                                                              : "the server is shutting down"));
         json_object_object_add(r, "error", err);
     }

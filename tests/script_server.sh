@@ -90,6 +90,7 @@ export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_URL_S="$URL_S" SPUD_URL_L="$
 
 cd "$SRC/tests/server"
 node --test --test-reporter=spec api.test.mjs
+node --test --test-reporter=spec batch.test.mjs
 node --test --test-reporter=spec structured.test.mjs tools.test.mjs families.test.mjs
 node --test --test-reporter=spec load.test.mjs
 node --test --test-reporter=spec shutdown.test.mjs # sends SIGTERM to B itself

@@ -35,7 +35,7 @@ typedef struct {
     spud_logprob *lp;
     size_t n_lp, cap_lp;
     spud_finish finish;
-    int32_t n_gen;
+    int32_t n_gen, n_reasoning;
 } choice_out;
 
 struct spud_engine_req {
@@ -56,6 +56,9 @@ struct spud_engine_req {
     int32_t top_logprobs;
     spud_grammar *grammar;    /* or NULL */
     spud_grammar_state **gs;  /* (n_choices) one matcher per choice, when grammar */
+    char think[2][2][SPUD_ENGINE_MAX_THINK_LEN + 1]; /* [open, close][spelling]; "" for none */
+    bool in_reasoning;
+    atomic_bool *end;         /* (n_choices) spud_engine_req_end_choice asked */
     /* engine thread */
     spud_engine_req *next; /* queue link */
     int32_t *slot_of;      /* (n_choices) */
@@ -80,6 +83,9 @@ typedef struct {
     int32_t next;         /* sampled token to feed on the next step */
     spud_sampler *smp;
     spud_grammar_state *gs; /* the choice's grammar matcher (owned by the request), or NULL */
+    bool in_think;        /* the output is inside a think block */
+    uint8_t think_m[2];   /* bytes matched of each spelling of the marker that would flip in_think */
+    int32_t n_think;      /* tokens generated inside a think block */
     spud_detok dt;
     char *held;           /* generated text not yet handed out (stop-string hold-back) */
     size_t n_held, cap_held;
@@ -136,6 +142,7 @@ static void req_unref(spud_engine_req *r) {
         }
     for (size_t i = 0; i < r->n_stop; i++) spud_free(r->stop[i]);
     spud_free(r->out);
+    spud_free(r->end);
     if (r->gs)
         for (int32_t c = 0; c < r->n_choices; c++) spud_grammar_state_free(r->gs[c]);
     spud_free(r->gs);
@@ -351,6 +358,36 @@ static void compute_logprobs(const float *lg, int32_t nv, int32_t tok, int32_t k
     for (int32_t j = 0; j < out->n_top; j++) out->top[j].logprob = (float)(out->top[j].logprob - lse);
 }
 
+/* Bytes of marker mk matched after byte c, given m matched before (the
+ * longest suffix of the text that is a prefix of mk). */
+static uint8_t marker_step(const char *mk, uint8_t m, char c) {
+    for (;;) {
+        if (mk[m] == c) return (uint8_t)(m + 1);
+        if (m == 0) return 0;
+        uint8_t k = (uint8_t)(m - 1); /* fall back to the longest proper border of mk[0..m) */
+        while (k > 0 && memcmp(mk, mk + m - k, k)) k--;
+        m = k;
+    }
+}
+
+/* Count a new token's text in the reasoning tally and follow the think
+ * markers through it. */
+static void slot_think(const spud_engine_req *r, eng_slot *s, const char *text, size_t len) {
+    if (!r->think[1][0][0] && !r->think[1][1][0]) return;
+    if (s->in_think) s->n_think++;
+    for (size_t i = 0; i < len; i++)
+        for (int v = 0; v < 2; v++) {
+            const char *mk = r->think[s->in_think][v];
+            if (!mk[0]) continue;
+            s->think_m[v] = marker_step(mk, s->think_m[v], text[i]);
+            if (!mk[s->think_m[v]]) {
+                s->in_think = !s->in_think;
+                s->think_m[0] = s->think_m[1] = 0;
+                break;
+            }
+        }
+}
+
 /* Sample the slot's next token from its logits row and hand out its text. */
 static void slot_sample(spud_engine *e, int32_t si, const float *lg) {
     eng_slot *s = &e->slots[si];
@@ -390,8 +427,11 @@ static void slot_sample(spud_engine *e, int32_t si, const float *lg) {
     spud_sampler_accept(s->smp, tok);
     s->n_gen++;
     e->add_gen++;
+    size_t k = spud_detok_push(&s->dt, e->m->tok, tok, e->piece, e->piece_cap);
+    slot_think(r, s, e->piece, k);
     pthread_mutex_lock(&r->mu);
     r->out[s->choice].n_gen = s->n_gen;
+    r->out[s->choice].n_reasoning = s->n_think;
     pthread_mutex_unlock(&r->mu);
     engine_mark(e, r);
     if (r->logprobs) {
@@ -407,7 +447,6 @@ static void slot_sample(spud_engine *e, int32_t si, const float *lg) {
         }
         compute_logprobs(lg, e->nv, tok, r->top_logprobs, &s->lp_held[s->n_lp_held++]);
     }
-    size_t k = spud_detok_push(&s->dt, e->m->tok, tok, e->piece, e->piece_cap);
     int rc = slot_hold(s, e->piece, k) ? slot_emit(r, s, false) : -1;
     if (rc < 0) {
         req_fail(e, r, "out of memory");
@@ -498,6 +537,9 @@ static void engine_start(spud_engine *e, spud_engine_req *r) {
         s->n_held = 0;
         s->n_lp_held = 0;
         s->n_gen = 0;
+        s->in_think = r->in_reasoning;
+        s->think_m[0] = s->think_m[1] = 0;
+        s->n_think = 0;
         if (!s->smp) {
             req_fail(e, r, "out of memory");
             return;
@@ -508,8 +550,12 @@ static void engine_start(spud_engine *e, spud_engine_req *r) {
 /* Cancelled requests: free their slots before the next step. */
 static void engine_reap(spud_engine *e) {
     for (int32_t i = 0; i < e->n_par; i++) {
-        spud_engine_req *r = e->slots[i].req;
-        if (r && atomic_load(&r->cancel)) req_end_slots(e, r, SPUD_FINISH_CANCELLED);
+        eng_slot *s = &e->slots[i];
+        spud_engine_req *r = s->req;
+        if (r && atomic_load(&r->cancel))
+            req_end_slots(e, r, SPUD_FINISH_CANCELLED);
+        else if (r && s->state == SLOT_GEN && atomic_load(&r->end[s->choice]))
+            slot_end(e, i, SPUD_FINISH_STOP, false);
     }
 }
 
@@ -867,6 +913,14 @@ static spud_status submit_check(spud_engine *e, const spud_engine_req_params *p)
                                SPUD_ENGINE_MAX_STOP_LEN);
     }
     if (p->n_triggers && !p->grammar) return spud_errorf(SPUD_ERR_INVALID, "trigger words need a grammar");
+    for (int v = 0; v < 2; v++) {
+        const char *mk[2] = {p->think_open[v], p->think_close[v]};
+        for (int w = 0; w < 2; w++)
+            if (mk[w] && (!mk[w][0] || strlen(mk[w]) > SPUD_ENGINE_MAX_THINK_LEN))
+                return spud_errorf(SPUD_ERR_INVALID, "think markers must be 1 to %d bytes",
+                                   SPUD_ENGINE_MAX_THINK_LEN);
+        if (!mk[0] != !mk[1]) return spud_errorf(SPUD_ERR_INVALID, "think markers come in pairs");
+    }
     return SPUD_OK;
 }
 
@@ -918,8 +972,15 @@ spud_status spud_engine_submit(spud_engine *e, const spud_engine_req_params *p, 
     r->prompt = spud_malloc(p->n_prompt * sizeof(int32_t));
     r->slot_of = spud_malloc((size_t)p->n_choices * sizeof(int32_t));
     r->out = spud_calloc((size_t)p->n_choices, sizeof *r->out);
+    r->end = spud_calloc((size_t)p->n_choices, sizeof *r->end);
     if (p->n_bias) r->bias = spud_malloc(p->n_bias * sizeof *r->bias);
-    bool ok = r->efd >= 0 && r->prompt && r->slot_of && r->out && (!p->n_bias || r->bias);
+    bool ok = r->efd >= 0 && r->prompt && r->slot_of && r->out && r->end && (!p->n_bias || r->bias);
+    for (int32_t c = 0; ok && c < p->n_choices; c++) atomic_init(&r->end[c], false);
+    for (int v = 0; v < 2; v++) {
+        if (p->think_open[v]) snprintf(r->think[0][v], sizeof r->think[0][v], "%s", p->think_open[v]);
+        if (p->think_close[v]) snprintf(r->think[1][v], sizeof r->think[1][v], "%s", p->think_close[v]);
+    }
+    r->in_reasoning = p->in_reasoning && (p->think_close[0] || p->think_close[1]);
     for (size_t i = 0; ok && i < p->n_stop; i++) {
         r->stop_len[i] = strlen(p->stop[i]);
         r->stop[i] = spud_strndup(p->stop[i], r->stop_len[i]);
@@ -1017,6 +1078,7 @@ void spud_engine_req_take(spud_engine_req *r, int32_t choice, spud_engine_delta 
         d->finish = o->finish;
     }
     d->n_gen = o->n_gen;
+    d->n_reasoning = o->n_reasoning;
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -1040,6 +1102,10 @@ void spud_engine_req_get_info(spud_engine_req *r, spud_engine_req_info *info) {
 const char *spud_engine_req_error(spud_engine_req *r) { return r->err; }
 
 void spud_engine_req_cancel(spud_engine_req *r) { atomic_store(&r->cancel, true); }
+
+void spud_engine_req_end_choice(spud_engine_req *r, int32_t choice) {
+    if (choice >= 0 && choice < r->n_choices) atomic_store(&r->end[choice], true);
+}
 
 void spud_engine_req_release(spud_engine_req *r) {
     if (!r) return;

@@ -93,7 +93,18 @@ typedef struct {
     spud_grammar *grammar;
     const char *const *triggers;
     size_t n_triggers;
+    /* Reasoning count: tokens generated inside a think block (from an open
+     * marker to a close marker, e.g. "<think>" ... "</think>"; up to two
+     * spellings each, NULL for none; at most SPUD_ENGINE_MAX_THINK_LEN bytes)
+     * are counted in spud_engine_delta.n_reasoning. in_reasoning: the output
+     * starts inside the block (the prompt opened it). A token counts by the
+     * state before its text: the one that completes the close marker is
+     * reasoning, the one that completes the open marker is not. */
+    const char *think_open[2], *think_close[2];
+    bool in_reasoning;
 } spud_engine_req_params;
+
+#define SPUD_ENGINE_MAX_THINK_LEN 16
 
 /* Log-probabilities (natural log, of the softmax of the biased logits, before
  * temperature and truncation; with a grammar, over the tokens it allows) of
@@ -126,6 +137,7 @@ typedef struct {
     size_t n_lp, cap_lp;
     spud_finish finish;  /* set once the choice has ended (and stays set) */
     int32_t n_gen;       /* tokens generated so far */
+    int32_t n_reasoning; /* of which inside a think block (see think_open) */
 } spud_engine_delta;
 
 typedef struct {
@@ -185,6 +197,11 @@ void spud_engine_req_get_info(spud_engine_req *r, spud_engine_req_info *info);
 const char *spud_engine_req_error(spud_engine_req *r);
 /* Ask the engine to stop the request; its slots are freed within one step. */
 void spud_engine_req_cancel(spud_engine_req *r);
+/* The reader has all it wants of one choice (say, the first tool call):
+ * the engine ends it with SPUD_FINISH_STOP before its next step, dropping
+ * text it has not handed out yet. Tokens of a step already running when this
+ * is called still count in n_gen. No effect on an ended choice. */
+void spud_engine_req_end_choice(spud_engine_req *r, int32_t choice);
 /* Cancel if unfinished and drop the caller's handle. */
 void spud_engine_req_release(spud_engine_req *r);
 

@@ -122,7 +122,17 @@ void srv_gen_free(srv_gen *g) {
 bool srv_gen_submit(srv_gen *g, const spud_engine_req_params *p, srv_error *err) {
     if (g->n_reqs >= SRV_MAX_PROMPTS || (g->n_reqs + 1) * g->per_req > g->n_choices)
         return srv_fail(err, 500, "", "internal error: too many engine requests");
-    spud_status st = spud_engine_submit(g->s->engine, p, &g->reqs[g->n_reqs]);
+    spud_engine_req_params q = *p;
+    if (g->popts_reasoning && g->popts_syntax != SPUD_CALLS_HARMONY) { /* count reasoning tokens */
+        q.think_open[0] = "<think>";
+        q.think_close[0] = "</think>";
+        if (g->popts_syntax == SPUD_CALLS_MISTRAL) { /* Magistral's */
+            q.think_open[1] = "[THINK]";
+            q.think_close[1] = "[/THINK]";
+        }
+        q.in_reasoning = g->popts_in_reasoning;
+    }
+    spud_status st = spud_engine_submit(g->s->engine, &q, &g->reqs[g->n_reqs]);
     if (st == SPUD_ERR_RANGE)
         return srv_fail(err, 429, "", "the server is busy (%s); retry later", spud_last_error());
     if (st) return srv_fail(err, atomic_load(&g->s->state) == SRV_READY ? 400 : 503, "", "%s",
@@ -207,6 +217,7 @@ static bool gen_pump(srv_gen *g) {
             }
         }
         ch->n_gen = d->n_gen;
+        ch->n_reasoning = d->n_reasoning;
         if (g->parse && !g->stream) srv_parse_feed(g, c, d->text, d->len, d->finish != SPUD_FINISH_NONE);
         if (g->stream) {
             if (g->api == API_RESPONSES)

@@ -138,7 +138,7 @@ typedef struct {
     size_t len, cap;
     json_object *lp; /* accumulated logprobs (API-specific shape), or NULL */
     spud_finish finish;
-    int32_t n_gen;
+    int32_t n_gen, n_reasoning; /* tokens generated; of which inside a think block */
     bool role_sent;
     bool end_sent;
     /* with tools or reasoning, the output parser splits `text` (tool_parse.h) */
@@ -148,6 +148,7 @@ typedef struct {
     int32_t n_calls, cap_calls;
     bool call_open;
     bool parse_failed; /* the parser gave up (too long): the rest is content */
+    bool one_done;     /* parallel_tool_calls false: the first call is complete, the rest is ignored */
     int32_t item_index; /* responses: output_index of the message item, once msg_opened */
     bool msg_opened, msg_closed;
     int32_t rs_index;   /* responses: output_index of the reasoning item, once rs_opened */

@@ -390,14 +390,17 @@ void srv_logprobs_append(srv_gen *g, json_object *dst, const spud_logprob *lp, s
 }
 
 json_object *srv_usage_json(const srv_gen *g, bool responses) {
-    int64_t gen = 0;
-    for (int32_t c = 0; c < g->n_choices; c++) gen += g->ch[c].n_gen;
+    int64_t gen = 0, reasoning = 0;
+    for (int32_t c = 0; c < g->n_choices; c++) {
+        gen += g->ch[c].n_gen;
+        reasoning += g->ch[c].n_reasoning;
+    }
     json_object *u = json_object_new_object(), *pd = json_object_new_object(), *cd = json_object_new_object();
     json_object_object_add(u, responses ? "input_tokens" : "prompt_tokens", json_object_new_int64(g->n_prompt));
     json_object_object_add(pd, "cached_tokens", json_object_new_int64(g->n_cached));
     if (responses) json_object_object_add(u, "input_tokens_details", pd);
     json_object_object_add(u, responses ? "output_tokens" : "completion_tokens", json_object_new_int64(gen));
-    json_object_object_add(cd, "reasoning_tokens", json_object_new_int(0));
+    json_object_object_add(cd, "reasoning_tokens", json_object_new_int64(reasoning));
     if (responses) json_object_object_add(u, "output_tokens_details", cd);
     json_object_object_add(u, "total_tokens", json_object_new_int64((int64_t)g->n_prompt + gen));
     if (!responses) {

@@ -343,6 +343,7 @@ static void emit(srv_gen *g, int32_t c, int kind, const char *text, size_t len, 
 static void on_event(void *ud, const spud_out_event *ev) {
     feed_ctx *f = ud;
     srv_choice *ch = &f->g->ch[f->c];
+    if (ch->one_done) return; /* after the one call allowed: the engine is ending the choice */
     switch (ev->kind) {
     case SPUD_OUT_CONTENT:
         if (srv_buf_add(&ch->content, ev->text, ev->len)) emit(f->g, f->c, SPUD_OUT_CONTENT, ev->text, ev->len, NULL);
@@ -353,7 +354,7 @@ static void on_event(void *ud, const spud_out_event *ev) {
         break;
     case SPUD_OUT_CALL_BEGIN: {
         drop_open_call(ch); /* a call without its end was abandoned by the parser */
-        if (f->g->one_call && ch->n_calls > 0) break; /* parallel_tool_calls false: the first call only */
+        if (f->g->one_call && ch->n_calls > 0) break; /* parallel_tool_calls false: the first call only (live calls) */
         if (ch->n_calls == ch->cap_calls) {
             int32_t cap = ch->cap_calls ? ch->cap_calls * 2 : 4;
             srv_call *t = spud_realloc(ch->calls, (size_t)cap * sizeof *t);
@@ -390,6 +391,12 @@ static void on_event(void *ud, const spud_out_event *ev) {
             if (f->g->live_calls) emit(f->g, f->c, SPUD_OUT_CALL_ARGS, "{}", 2, k);
         }
         emit(f->g, f->c, SPUD_OUT_CALL_END, NULL, 0, k);
+        if (f->g->one_call && !f->g->live_calls) {
+            /* parallel_tool_calls false and no grammar that stops after one
+             * call: end the sequence now rather than generate more to drop */
+            ch->one_done = true;
+            spud_engine_req_end_choice(f->g->reqs[f->c / f->g->per_req], f->c % f->g->per_req);
+        }
         break;
     }
     }
@@ -398,6 +405,7 @@ static void on_event(void *ud, const spud_out_event *ev) {
 void srv_parse_feed(srv_gen *g, int32_t c, const char *text, size_t len, bool final) {
     srv_choice *ch = &g->ch[c];
     feed_ctx f = {g, c};
+    if (ch->one_done) return;
     if (!g->parse || ch->parse_failed) {
         spud_out_event ev = {.kind = SPUD_OUT_CONTENT, .text = text, .len = len};
         if (len) on_event(&f, &ev);

@@ -69,3 +69,78 @@ test('completions: 64 prompts at most; bad prompt arrays are a 400 naming the fi
   // the server still answers
   assert.equal((await c.completions.create({ model: 'm', prompt: 'ok', max_tokens: 1 })).choices.length, 1);
 });
+
+// The tokens up to and including the first whose text completes `marker` (all of them if none does).
+function tokensThrough(tokens, marker) {
+  let text = '';
+  for (const [i, t] of tokens.entries()) {
+    text += t;
+    if (text.includes(marker)) return i + 1;
+  }
+  return tokens.length;
+}
+
+test('parallel_tool_calls false without a grammar on the calls: the sequence ends after the first call', async () => {
+  const c = new OpenAI({ baseURL: S + '/v1', apiKey: 'none', maxRetries: 0, timeout: 120000 });
+  const tools = ['get_weather', 'get_time'].map((name) => ({
+    type: 'function', function: { name, parameters: { type: 'object', properties: { city: { type: 'string' } } } },
+  }));
+  // the grammar stands in for a model that makes two calls, then goes on talking
+  const call = (name) => `"<tool_call>\\n{\\"name\\": \\"${name}\\", \\"arguments\\": {\\"city\\": \\"" [a-z]{2,6} "\\"}}\\n</tool_call>"`;
+  const grammar = `root ::= ${call('get_weather')} "\\n" ${call('get_time')} "\\n" [a-z ]{300}\n`;
+  const body = { model: 'm', messages: [{ role: 'user', content: 'Weather and time in Paris?' }], tools, grammar, seed: 3, max_tokens: 2000 };
+  const all = await c.chat.completions.create(body);
+  assert.deepEqual(all.choices[0].message.tool_calls.map((t) => t.function.name), ['get_weather', 'get_time']);
+  const one = await c.chat.completions.create({ ...body, parallel_tool_calls: false, logprobs: true });
+  const ch = one.choices[0];
+  assert.equal(ch.finish_reason, 'tool_calls');
+  assert.deepEqual(ch.message.tool_calls.map((t) => t.function.name), ['get_weather']);
+  assert.equal(ch.message.tool_calls[0].function.arguments, all.choices[0].message.tool_calls[0].function.arguments);
+  assert.equal(ch.message.content, null);
+  // generation stopped right after the call (a step or a few may already run when the server sees it),
+  // not after the 300 bytes of text that follow it
+  const k = tokensThrough(ch.logprobs.content.map((t) => t.token), '</tool_call>');
+  assert.equal(one.usage.completion_tokens, ch.logprobs.content.length);
+  assert.ok(one.usage.completion_tokens >= k && one.usage.completion_tokens <= k + 40,
+    `${one.usage.completion_tokens} tokens generated, the call ends at ${k} (all: ${all.usage.completion_tokens})`);
+  assert.ok(all.usage.completion_tokens > k + 100, `${all.usage.completion_tokens} ${k} ${one.usage.completion_tokens}`);
+  // streamed: the same one call
+  const fin = await c.chat.completions.stream({ ...body, parallel_tool_calls: false }).finalChatCompletion();
+  assert.deepEqual(fin.choices[0].message.tool_calls.map((t) => [t.function.name, t.function.arguments]),
+    ch.message.tool_calls.map((t) => [t.function.name, t.function.arguments]));
+  assert.equal(fin.choices[0].finish_reason, 'tool_calls');
+  // Responses: one function_call item
+  const rr = await c.responses.create({ model: 'm', input: 'Weather?', tools: tools.map((t) => ({ type: 'function', ...t.function })),
+    grammar, seed: 3, max_output_tokens: 2000, parallel_tool_calls: false, store: false });
+  assert.deepEqual(rr.output.filter((o) => o.type === 'function_call').map((o) => o.name), ['get_weather']);
+  assert.ok(rr.usage.output_tokens < all.usage.completion_tokens - 100, JSON.stringify(rr.usage));
+});
+
+test('usage: reasoning_tokens counts the tokens inside the think block', async () => {
+  const c = new OpenAI({ baseURL: R + '/v1', apiKey: 'none', maxRetries: 0, timeout: 120000 });
+  const user = [{ role: 'user', content: 'What is the weather in Paris?' }];
+  const grammar = 'root ::= "Let me see" [a-z ]{0,12} "</think>" "\\n\\n" "Answer: " [0-9]{1,3}\n';
+  for (const seed of [1, 2, 3]) {
+    // the generation prompt opens <think>: the tokens through the one that completes </think> are reasoning
+    const r = await c.chat.completions.create({ model: 'm', messages: user, seed, grammar, max_tokens: 200, logprobs: true });
+    const toks = r.choices[0].logprobs.content.map((t) => t.token);
+    const k = tokensThrough(toks, '</think>');
+    assert.ok(k < toks.length);
+    assert.equal(r.usage.completion_tokens, toks.length);
+    assert.equal(r.usage.completion_tokens_details.reasoning_tokens, k, toks.join('|'));
+    const s = await collectChat(await c.chat.completions.create({ model: 'm', messages: user, seed, grammar, max_tokens: 200, stream: true, stream_options: { include_usage: true } }));
+    assert.equal(s.usage.completion_tokens_details.reasoning_tokens, k);
+    // a random model that never closes the block: every token is reasoning (unless it wrote </think>)
+    const free = await c.chat.completions.create({ model: 'm', messages: user, seed, max_tokens: 12, logprobs: true });
+    const ft = free.choices[0].logprobs.content.map((t) => t.token);
+    assert.equal(free.usage.completion_tokens_details.reasoning_tokens, tokensThrough(ft, '</think>'));
+  }
+  // Responses: output_tokens_details
+  const rr = await c.responses.create({ model: 'm', input: 'Weather?', seed: 1, grammar, max_output_tokens: 200, store: false });
+  const rt = rr.usage.output_tokens_details.reasoning_tokens;
+  assert.ok(rt > 0 && rt < rr.usage.output_tokens, JSON.stringify(rr.usage));
+  // a template without <think>: none
+  const plain = await new OpenAI({ baseURL: process.env.SPUD_URL_L + '/v1', apiKey: 'none', maxRetries: 0 })
+    .chat.completions.create({ model: 'm', messages: user, seed: 1, grammar, max_tokens: 200 });
+  assert.equal(plain.usage.completion_tokens_details.reasoning_tokens, 0);
+});

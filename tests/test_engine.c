@@ -58,8 +58,9 @@ typedef struct {
     char *text[4];
     size_t len[4];
     spud_finish finish[4];
-    int32_t n_gen[4];
+    int32_t n_gen[4], n_reasoning[4];
     size_t n_lp[4];
+    int32_t tok[4][512]; /* the tokens, when logprobs */
 } collected;
 
 /* Read a request to its end. */
@@ -73,9 +74,11 @@ static void collect(spud_engine_req *r, int n_choices, collected *out) {
             spud_engine_req_take(r, c, &d);
             memcpy(out->text[c] + out->len[c], d.text, d.len);
             out->len[c] += d.len;
+            for (size_t i = 0; i < d.n_lp && out->n_lp[c] + i < 512; i++) out->tok[c][out->n_lp[c] + i] = d.lp[i].token;
             out->n_lp[c] += d.n_lp;
             out->finish[c] = d.finish;
             out->n_gen[c] = d.n_gen;
+            out->n_reasoning[c] = d.n_reasoning;
             if (!d.finish) all = false;
         }
         if (all) break;
@@ -466,6 +469,92 @@ Test(engine, grammar) {
     cr_assert_eq(spud_grammar_parse(bad, strlen(bad), &p.grammar), SPUD_OK);
     cr_expect_eq(spud_engine_submit(e, &p, &r), SPUD_ERR_INVALID);
     cr_expect_null(r);
+    spud_free(ids);
+    spud_engine_free(e);
+    spud_model_free(m);
+}
+
+/* Reasoning tokens: those whose text starts inside a think block, replayed
+ * here over the tokens' pieces; end_choice stops a choice as finished. */
+Test(engine, think_count_and_end_choice) {
+    spud_model *m = load(FIX("llama-f32.gguf"));
+    spud_engine *e;
+    cr_assert_eq(spud_engine_new(m, &(spud_engine_params){.n_ctx = 256, .n_parallel = 2}, &e), SPUD_OK);
+    int32_t *ids;
+    size_t n;
+    prompt_ids(m, 0, &ids, &n);
+    static const char gbnf[] = "root ::= [a-z ]{2,9} \"</think>\" [a-z]{1,6} \"<think>\" [a-z ]{3,12} \"</think>\" [a-z]{1,4}\n";
+    for (int seed = 0; seed < 6; seed++) {
+        spud_engine_req_params p = greedy(ids, n, 200);
+        p.n_choices = 2;
+        p.sampling = (spud_sampler_params){.temp = 1.0f, .seed = (uint64_t)seed};
+        p.logprobs = true;
+        p.think_open[0] = "<think>";
+        p.think_close[0] = "</think>";
+        p.in_reasoning = seed % 2 == 0;
+        cr_assert_eq(spud_grammar_parse(gbnf, strlen(gbnf), &p.grammar), SPUD_OK);
+        spud_engine_req *r;
+        collected c;
+        cr_assert_eq(spud_engine_submit(e, &p, &r), SPUD_OK, "%s", spud_last_error());
+        collect(r, 2, &c);
+        for (int k = 0; k < 2; k++) {
+            cr_assert_eq(c.finish[k], SPUD_FINISH_STOP);
+            cr_assert_eq((int32_t)c.n_lp[k], c.n_gen[k]);
+            /* replay: the text before each token decides */
+            char text[4096] = "";
+            size_t len = 0, pos = 0;
+            bool in = p.in_reasoning;
+            int32_t want = 0;
+            for (size_t i = 0; i < c.n_lp[k]; i++) {
+                want += in;
+                len += spud_token_to_piece(m, c.tok[k][i], false, text + len, sizeof text - len - 1);
+                text[len] = 0;
+                const char *mk;
+                while ((mk = strstr(text + pos, in ? "</think>" : "<think>")) != NULL) {
+                    pos = (size_t)(mk - text) + strlen(in ? "</think>" : "<think>");
+                    in = !in;
+                }
+            }
+            cr_expect_eq(c.n_reasoning[k], want, "seed %d choice %d: %d, want %d: '%s'", seed, k,
+                         c.n_reasoning[k], want, text);
+            cr_expect_gt(want, 0);
+        }
+        collected_free(&c);
+        spud_engine_req_release(r);
+    }
+    /* without markers nothing counts */
+    spud_engine_req_params p = greedy(ids, n, 5);
+    p.in_reasoning = true;
+    spud_engine_req *r;
+    collected c;
+    cr_assert_eq(spud_engine_submit(e, &p, &r), SPUD_OK);
+    collect(r, 1, &c);
+    cr_expect_eq(c.n_reasoning[0], 0);
+    collected_free(&c);
+    spud_engine_req_release(r);
+    /* unpaired markers are refused */
+    p.think_open[0] = "<think>";
+    cr_expect_eq(spud_engine_submit(e, &p, &r), SPUD_ERR_INVALID);
+
+    /* end_choice: choice 1 ends (as finished) once asked, choice 0 runs to max_tokens */
+    p = greedy(ids, n, 150);
+    p.n_choices = 2;
+    cr_assert_eq(spud_engine_submit(e, &p, &r), SPUD_OK);
+    spud_engine_delta d = {0};
+    while (d.n_gen < 3) {
+        spud_engine_req_wait(r, 1000);
+        spud_engine_req_take(r, 1, &d);
+    }
+    spud_engine_req_end_choice(r, 1);
+    spud_engine_req_end_choice(r, 7); /* out of range: ignored */
+    collect(r, 2, &c);
+    cr_expect_eq(c.finish[1], SPUD_FINISH_STOP);
+    cr_expect_lt(c.n_gen[1], 150);
+    cr_expect_eq(c.n_gen[0], 150);
+    cr_expect_eq(c.finish[0], SPUD_FINISH_LENGTH);
+    collected_free(&c);
+    spud_engine_delta_free(&d);
+    spud_engine_req_release(r);
     spud_free(ids);
     spud_engine_free(e);
     spud_model_free(m);

@@ -288,7 +288,12 @@ typedef struct {
     spud_call_syntax syntax;   /* the syntax to parse calls in */
     bool user_grammar;         /* gbnf is the request's own "grammar" */
     bool parallel;             /* parallel_tool_calls */
+    int32_t think_max;         /* reasoning effort: characters of thought before a constrained answer (0: none) */
 } srv_constraint;
+
+/* reasoning_effort (chat) / reasoning.effort (responses) -> c->think_max:
+ * none / minimal 0, low 1024, medium (default) 8192, high 32768. */
+bool srv_parse_effort(json_object *o, const char *key, const char *param, srv_constraint *c, srv_error *e);
 
 void srv_constraint_free(srv_constraint *c);
 /* response_format (chat: {"type", "json_schema": {...}}) or text.format
@@ -304,8 +309,11 @@ bool srv_parse_tools(spud_server *s, json_object *tools, json_object *tool_choic
 /* Compile the grammar into p (p->grammar then belongs to the engine request). */
 bool srv_constraint_compile(srv_constraint *c, spud_engine_req_params *p, srv_error *e);
 /* Decide how the output is split: calls when tools are on, reasoning when the
- * template thinks (in_reasoning when the prompt ends inside a think block). */
-void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, size_t prompt_len);
+ * template thinks (in_reasoning when the prompt ends inside a think block).
+ * When it does and c's grammar is a JSON format or a forced call, the grammar
+ * is rewritten to let the model think first: up to c->think_max characters
+ * free of the close marker, the marker, then the constrained answer. */
+void srv_gen_set_parse(srv_gen *g, srv_constraint *c, const char *prompt, size_t prompt_len);
 /* Feed new raw output of choice c to its parser (final: also flush it); the
  * parsed pieces land in the choice and, for streams, become events. Without
  * a parser the text is content as it is. */

@@ -700,7 +700,8 @@ bool srv_chat_prepare(spud_server *s, json_object *body, srv_gen **out, srv_erro
     json_object_object_get_ex(body, "response_format", &rf);
     json_object_object_get_ex(body, "tool_choice", &tc);
     if (!srv_parse_format(rf, "response_format", false, &con, e) || !srv_parse_grammar(body, &con, e) ||
-        !srv_parse_tools(s, tools, tc, parallel, false, &con, e)) {
+        !srv_parse_tools(s, tools, tc, parallel, false, &con, e) ||
+        !srv_parse_effort(body, "reasoning_effort", "reasoning_effort", &con, e)) {
         srv_constraint_free(&con);
         return false;
     }

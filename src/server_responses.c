@@ -620,6 +620,8 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     if (bad) return false;
     json_object *meta = srv_opt_typed(body, "metadata", json_type_object, "an object", e, &bad);
     if (bad) return false;
+    json_object *ropt = srv_opt_typed(body, "reasoning", json_type_object, "an object", e, &bad);
+    if (bad) return false;
     bool parallel = true;
     if (!srv_opt_bool(body, "parallel_tool_calls", &parallel, e)) return false;
     json_object *text_opt = srv_opt_typed(body, "text", json_type_object, "an object", e, &bad), *fmt = NULL,
@@ -648,7 +650,8 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     srv_constraint con = {0};
     json_object *ctools = tools ? chat_tools(tools) : NULL;
     if (!srv_parse_format(fmt, "text.format", true, &con, e) || !srv_parse_grammar(body, &con, e) ||
-        !srv_parse_tools(s, ctools, tool_choice, parallel, true, &con, e)) {
+        !srv_parse_tools(s, ctools, tool_choice, parallel, true, &con, e) ||
+        !srv_parse_effort(ropt, "effort", "reasoning.effort", &con, e)) {
         srv_constraint_free(&con);
         if (ctools) json_object_put(ctools);
         if (prev_conv) json_object_put(prev_conv);

@@ -3,6 +3,7 @@
  * tool_choice, turned into one grammar for the engine (json_schema.h,
  * tool_grammar.h, grammar.h). Every error is a 400 whose param is the path
  * of the offending field. */
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -289,7 +290,133 @@ const char *srv_choice_finish(const srv_choice *ch) {
     return srv_finish_name(ch->finish);
 }
 
-void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, size_t prompt_len) {
+bool srv_parse_effort(json_object *o, const char *key, const char *param, srv_constraint *c, srv_error *e) {
+    static const struct {
+        const char *name;
+        int32_t chars;
+    } levels[] = {{"none", 0}, {"minimal", 0}, {"low", 1024}, {"medium", 8192}, {"high", 32768}};
+    json_object *v = NULL;
+    c->think_max = 8192;
+    if (!o || !json_object_object_get_ex(o, key, &v) || !v) return true;
+    const char *name = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++)
+        if (!strcmp(name, levels[i].name)) {
+            c->think_max = levels[i].chars;
+            return true;
+        }
+    return srv_fail(e, 400, param, "'%s' must be one of none, minimal, low, medium, high", param);
+}
+
+/* Copy grammar g, its rule `root` renamed `to` wherever it appears as a name (outside
+ * literals, classes, token references and comments). */
+static bool rename_root(srv_buf *out, const char *g, const char *to) {
+    size_t n = strlen(g);
+    for (size_t i = 0; i < n;) {
+        char ch = g[i];
+        size_t j = i + 1;
+        if (ch == '"' || ch == '[' || ch == '<') { /* literal, class, token reference: copy as is */
+            char end = ch == '"' ? '"' : ch == '[' ? ']' : '>';
+            while (j < n && g[j] != end) j += g[j] == '\\' && j + 1 < n ? 2 : 1;
+            if (j < n) j++;
+        } else if (ch == '#') {
+            while (j < n && g[j] != '\n') j++;
+        } else if (isalnum((unsigned char)ch) || ch == '-' || ch == '_') {
+            while (j < n && (isalnum((unsigned char)g[j]) || g[j] == '-' || g[j] == '_')) j++;
+            if (j - i == 4 && !memcmp(g + i, "root", 4)) {
+                if (!srv_buf_add(out, to, strlen(to))) return false;
+                i = j;
+                continue;
+            }
+        }
+        if (!srv_buf_add(out, g + i, j - i)) return false;
+        i = j;
+    }
+    return true;
+}
+
+/* A literal or class character, escaped for GBNF. */
+static void gbnf_char(char *out, char ch) {
+    if (strchr("\\\"[]-^", ch)) {
+        out[0] = '\\';
+        out[1] = ch;
+        out[2] = 0;
+    } else {
+        out[0] = ch;
+        out[1] = 0;
+    }
+}
+
+/* The grammar that thinks first: root ::= text-without-close{0,max} close ws answer.
+ * Text without the close marker M (whose first character does not occur
+ * again in it) is a run of chunks: a character other than M[0], or M[0]
+ * followed by a proper prefix of M's rest and a character that leaves the
+ * match (M[0] itself restarts it). The text may not end with a proper
+ * prefix of M. The bound counts chunks: characters, a few more around '<'. */
+static char *think_grammar(const char *answer, const char *close, int32_t max) {
+    size_t L = strlen(close);
+    if (L < 2 || strchr(close + 1, close[0])) return NULL;
+    srv_buf b = {0};
+    char m0[3], mj[3];
+    gbnf_char(m0, close[0]);
+    char head[256];
+    snprintf(head, sizeof head, "root ::= %s\"%s\" [ \\n]{0,3} spud-answer\n",
+             max > 0 ? "spud-think-chunk{0,MAX} " : "", "CLOSE");
+    bool ok = true;
+    /* head, with the bound and the escaped marker */
+    for (const char *p = head; *p && ok; p++) {
+        if (!strncmp(p, "MAX", 3)) {
+            char num[16];
+            snprintf(num, sizeof num, "%d", (int)max);
+            ok = srv_buf_add(&b, num, strlen(num));
+            p += 2;
+        } else if (!strncmp(p, "CLOSE", 5)) {
+            for (size_t i = 0; i < L && ok; i++) {
+                char x[3];
+                x[0] = close[i] == '"' || close[i] == '\\' ? '\\' : close[i];
+                x[1] = close[i] == '"' || close[i] == '\\' ? close[i] : 0;
+                x[2] = 0;
+                ok = srv_buf_add(&b, x, strlen(x));
+            }
+            p += 4;
+        } else {
+            ok = srv_buf_add(&b, p, 1);
+        }
+    }
+    if (max > 0) {
+        char line[256];
+        snprintf(line, sizeof line, "spud-think-chunk ::= [^%s] | [%s] (", m0, m0);
+        ok = ok && srv_buf_add(&b, line, strlen(line));
+        /* restarts: M[1..j) M[0]; ends: M[1..j) and a character neither M[j] nor M[0] (j = 1 .. L-1) */
+        for (int pass = 0; pass < 2 && ok; pass++) {
+            for (size_t j = 1; j < L && ok; j++) {
+                if (j > 1) ok = srv_buf_add(&b, " |", 2);
+                if (j > 1) ok = ok && srv_buf_add(&b, " \"", 2);
+                for (size_t i = 1; i < j && ok; i++) {
+                    char x[3] = {close[i], 0, 0};
+                    if (close[i] == '"' || close[i] == '\\') x[0] = '\\', x[1] = close[i];
+                    ok = srv_buf_add(&b, x, strlen(x));
+                }
+                if (j > 1) ok = ok && srv_buf_add(&b, "\"", 1);
+                gbnf_char(mj, close[j]);
+                if (pass == 0)
+                    snprintf(line, sizeof line, " [%s]", m0);
+                else
+                    snprintf(line, sizeof line, " [^%s%s]", mj, m0);
+                ok = ok && srv_buf_add(&b, line, strlen(line));
+            }
+            if (pass == 0) ok = ok && srv_buf_add(&b, " )* (", 5);
+        }
+        ok = ok && srv_buf_add(&b, " )\n", 3);
+    }
+    ok = ok && rename_root(&b, answer, "spud-answer");
+    if (!ok) {
+        spud_free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+void srv_gen_set_parse(srv_gen *g, srv_constraint *c, const char *prompt, size_t prompt_len) {
     spud_server *s = g->s;
     g->popts_syntax = c->tools ? c->syntax : s->call_syntax;
     g->popts_tools = c->tools;
@@ -300,9 +427,19 @@ void srv_gen_set_parse(srv_gen *g, const srv_constraint *c, const char *prompt, 
     g->popts_in_reasoning = s->thinks && n >= 7 &&
                             (!memcmp(prompt + n - 7, "<think>", 7) || !memcmp(prompt + n - 7, "[THINK]", 7));
     /* A JSON format or a forced call constrains the answer from its first
-     * token: the model cannot think first, so nothing of it is reasoning. (A
-     * request's own GBNF grammar may spell the thinking out itself.) */
-    if (c->gbnf && !c->trigger && !c->user_grammar) g->popts_in_reasoning = false;
+     * token: let the model finish its thought first (a request's own GBNF
+     * grammar may spell the thinking out itself). Without a grammar for it,
+     * nothing of the answer is reasoning. */
+    if (c->gbnf && !c->trigger && !c->user_grammar && g->popts_in_reasoning) {
+        const char *close = !memcmp(prompt + n - 7, "[THINK]", 7) ? "[/THINK]" : "</think>";
+        char *t = think_grammar(c->gbnf, close, c->think_max);
+        if (t) {
+            spud_free(c->gbnf);
+            c->gbnf = t;
+        } else {
+            g->popts_in_reasoning = false;
+        }
+    }
     g->parse = g->popts_tools || g->popts_reasoning;
     g->live_calls = c->tools && c->gbnf && !strcmp(c->param, "tools");
     g->one_call = !c->parallel;

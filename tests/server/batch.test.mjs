@@ -144,3 +144,60 @@ test('usage: reasoning_tokens counts the tokens inside the think block', async (
     .chat.completions.create({ model: 'm', messages: user, seed: 1, grammar, max_tokens: 200 });
   assert.equal(plain.usage.completion_tokens_details.reasoning_tokens, 0);
 });
+
+test('a thinking template under response_format / forced tool_choice: it may think first, content still validates', async () => {
+  const { newAjv } = await import('../structured/ajv_check.mjs');
+  const { readFileSync } = await import('node:fs');
+  const ajv = newAjv();
+  const schemas = JSON.parse(readFileSync(new URL('../structured/schemas.json', import.meta.url), 'utf8'));
+  const c = new OpenAI({ baseURL: R + '/v1', apiKey: 'none', maxRetries: 0, timeout: 300000 });
+  const user = [{ role: 'user', content: 'What is the weather in Paris?' }];
+  let thought = 0;
+  for (const [i, sc] of schemas.slice(0, 24).entries()) {
+    const seed = 1 + (i % 3);
+    const body = { model: 'm', messages: user, seed, max_tokens: 3000, reasoning_effort: 'low',
+      response_format: { type: 'json_schema', json_schema: { name: 's', schema: sc.schema, strict: true } } };
+    const r = await c.chat.completions.create(body);
+    const m = r.choices[0].message, what = `${sc.name} seed ${seed}: ${JSON.stringify(m).slice(0, 400)}`;
+    assert.equal(r.choices[0].finish_reason, 'stop', what);
+    const v = ajv.compile(structuredClone(sc.schema));
+    assert.ok(v(JSON.parse(m.content)), `${what}: ${ajv.errorsText(v.errors)}`);
+    assert.equal(typeof m.reasoning_content, 'string', what);
+    assert.ok(!m.reasoning_content.includes('</think>'), what);
+    assert.ok(m.reasoning_content.length <= 1024 * 8, what);
+    // the token that closes the block at least is reasoning
+    assert.ok(r.usage.completion_tokens_details.reasoning_tokens >= 1, what);
+    if (m.reasoning_content.length > 0) thought++;
+    if (i % 4 === 0) { // streamed: the same split
+      let reasoning = '', content = '';
+      for await (const ch of await c.chat.completions.create({ ...body, stream: true })) {
+        reasoning += ch.choices[0]?.delta?.reasoning_content ?? '';
+        content += ch.choices[0]?.delta?.content ?? '';
+      }
+      assert.equal(reasoning, m.reasoning_content, what);
+      assert.equal(content, m.content, what);
+    }
+  }
+  assert.ok(thought > 12, `${thought} of 24 answers thought first`);
+  // effort none: no thought, straight to the answer
+  const sc = { type: 'object', properties: { a: { type: 'integer' } }, required: ['a'] };
+  const none = await c.chat.completions.create({ model: 'm', messages: user, seed: 1, reasoning_effort: 'none',
+    response_format: { type: 'json_schema', json_schema: { name: 's', schema: sc, strict: true } } });
+  assert.equal(none.choices[0].message.reasoning_content ?? '', '');
+  assert.equal(typeof JSON.parse(none.choices[0].message.content).a, 'number');
+  // a forced call: thought, then a valid call
+  const tools = [{ type: 'function', function: { name: 'get_weather', strict: true, parameters: { type: 'object', properties: { city: { type: 'string', maxLength: 20 } }, required: ['city'], additionalProperties: false } } }];
+  const t = await c.chat.completions.create({ model: 'm', messages: user, seed: 2, tools, tool_choice: 'required', reasoning_effort: 'low', max_tokens: 3000 });
+  assert.equal(t.choices[0].finish_reason, 'tool_calls', JSON.stringify(t.choices[0].message));
+  assert.equal(t.choices[0].message.tool_calls[0].function.name, 'get_weather');
+  assert.equal(typeof JSON.parse(t.choices[0].message.tool_calls[0].function.arguments).city, 'string');
+  assert.equal(typeof t.choices[0].message.reasoning_content, 'string');
+  // Responses: text.format with reasoning.effort
+  const rr = await c.responses.create({ model: 'm', input: 'Weather?', seed: 1, max_output_tokens: 3000, store: false,
+    reasoning: { effort: 'low' }, text: { format: { type: 'json_schema', name: 's', schema: sc, strict: true } } });
+  assert.equal(rr.status, 'completed');
+  assert.equal(typeof JSON.parse(rr.output_text).a, 'number');
+  assertErrorShape(assert, await raw(R, '/v1/chat/completions', { body: { messages: user, reasoning_effort: 'lots' } }), 400, 'reasoning_effort');
+  assertErrorShape(assert, await raw(R, '/v1/responses', { body: { input: 'x', reasoning: { effort: 3 } } }), 400, 'reasoning.effort');
+  assertErrorShape(assert, await raw(R, '/v1/responses', { body: { input: 'x', reasoning: 'low' } }), 400, 'reasoning');
+});

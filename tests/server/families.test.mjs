@@ -38,7 +38,8 @@ for (const srv of servers) {
     const c = client(srv.url);
     for (const ts of toolsets) {
       for (const [k, tool_choice] of ['required', { type: 'function', function: { name: ts.tools.at(-1).function.name } }].entries()) {
-        const body = { model: 'm', messages: user, tools: ts.tools, tool_choice, seed: 10 + k, parallel_tool_calls: false, max_tokens: 3000 };
+        // R1's prompt opens <think>: a random model thinks its whole budget (reasoning_effort) before the call
+        const body = { model: 'm', messages: user, tools: ts.tools, tool_choice, seed: 10 + k, parallel_tool_calls: false, max_tokens: 3000, reasoning_effort: 'low' };
         const what = `${srv.name} ${ts.name} ${JSON.stringify(tool_choice)}`;
         const r = await c.chat.completions.create(body);
         const ch = r.choices[0];

@@ -791,30 +791,38 @@ bool srv_completion_prepare(spud_server *s, json_object *body, srv_gen **out, sr
     return ok;
 }
 
-static bool completion_one(spud_server *s, json_object *body, json_object *prompt, const char *param, bool echo,
-                           srv_gen *g, spud_engine_req_params *pp, srv_constraint *con, srv_error *e);
+static bool completion_ids(spud_server *s, json_object *prompt, const char *param, bool echo, int32_t **ids_out,
+                           size_t *n_out, char **echo_out, srv_error *e);
 
-/* The prompts of a completion (count_prompts has checked their shapes); each
- * is its own engine request with the request's n choices, submitted in order. */
+/* The prompts of a completion (count_prompts has checked their shapes), all
+ * tokenized first (a bad one is a 400 before any runs); then each is its own
+ * engine request with the request's n choices, submitted in order. */
 static bool completion_prompt(spud_server *s, json_object *body, json_object *prompt, bool echo, srv_gen *g,
                               spud_engine_req_params *pp, srv_constraint *con, srv_error *e) {
-    if (!json_object_is_type(prompt, json_type_array) || is_id_array(prompt))
-        return completion_one(s, body, prompt, "prompt", echo, g, pp, con, e);
+    bool single = !json_object_is_type(prompt, json_type_array) || is_id_array(prompt);
     int32_t k = g->n_choices / g->per_req;
-    for (int32_t i = 0; i < k; i++) {
+    int32_t *ids[SRV_MAX_PROMPTS] = {0};
+    size_t n_ids[SRV_MAX_PROMPTS] = {0};
+    bool ok = true;
+    for (int32_t i = 0; i < k && ok; i++) {
         char param[32];
-        snprintf(param, sizeof param, k == 1 ? "prompt" : "prompt[%d]", (int)i);
-        if (!completion_one(s, body, json_object_array_get_idx(prompt, (size_t)i), param, echo, g, pp, con, e))
-            return false;
+        snprintf(param, sizeof param, single || k == 1 ? "prompt" : "prompt[%d]", (int)i);
+        ok = completion_ids(s, single ? prompt : json_object_array_get_idx(prompt, (size_t)i), param, echo, &ids[i],
+                            &n_ids[i], &g->echo[i], e);
     }
-    return true;
+    for (int32_t i = 0; i < k && ok; i++) {
+        spud_engine_req_params p = *pp;
+        p.prompt = ids[i];
+        p.n_prompt = n_ids[i];
+        ok = finish_prepare(s, body, g, &p, con, e);
+    }
+    for (int32_t i = 0; i < k; i++) spud_free(ids[i]);
+    return ok;
 }
 
-/* One prompt (a string or token ids): tokenize, submit. */
-static bool completion_one(spud_server *s, json_object *body, json_object *prompt, const char *param, bool echo,
-                           srv_gen *g, spud_engine_req_params *pp, srv_constraint *con, srv_error *e) {
-    spud_engine_req_params p = *pp;
-    char **echo_out = &g->echo[g->n_reqs];
+/* One prompt (a string or token ids) -> its token ids and, with echo, its text. */
+static bool completion_ids(spud_server *s, json_object *prompt, const char *param, bool echo, int32_t **ids_out,
+                           size_t *n_out, char **echo_out, srv_error *e) {
     int32_t *ids = NULL;
     size_t n_ids = 0;
     if (json_object_is_type(prompt, json_type_string)) {
@@ -858,11 +866,9 @@ static bool completion_one(spud_server *s, json_object *body, json_object *promp
     } else {
         return srv_fail(e, 400, "prompt", "'prompt' must be a string or an array of token ids");
     }
-    p.prompt = ids;
-    p.n_prompt = n_ids;
-    bool ok = finish_prepare(s, body, g, &p, con, e);
-    spud_free(ids);
-    return ok;
+    *ids_out = ids;
+    *n_out = n_ids;
+    return true;
 }
 
 bool srv_apply_template(spud_server *s, json_object *body, json_object **out, srv_error *e) {

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { A, NO_SPECIAL, client, collectChat, raw, assertErrorShape } from './common.mjs';
+import { NO_SPECIAL, client, collectChat, raw, assertErrorShape, metrics } from './common.mjs';
 
 const S = process.env.SPUD_URL_S;
 const R = process.env.SPUD_URL_R;
@@ -64,7 +64,11 @@ test('completions: 64 prompts at most; bad prompt arrays are a 400 naming the fi
   assertErrorShape(assert, await raw(S, '/v1/completions', { body: { prompt: ['a', 5] } }), 400, 'prompt');
   assertErrorShape(assert, await raw(S, '/v1/completions', { body: { prompt: ['a', [1, 'x']] } }), 400, 'prompt');
   assertErrorShape(assert, await raw(S, '/v1/completions', { body: { prompt: ['a', []] } }), 400, 'prompt');
+  // every prompt is checked before any runs
+  const before = (await metrics(S))['spud_prompt_tokens_total'];
   assertErrorShape(assert, await raw(S, '/v1/completions', { body: { prompt: ['a', [99999999]] } }), 400, 'prompt[1]');
+  assertErrorShape(assert, await raw(S, '/v1/completions', { body: { prompt: ['a', Array(5000).fill(7)] } }), 400, 'prompt[1]');
+  assert.equal((await metrics(S))['spud_prompt_tokens_total'], before);
   assertErrorShape(assert, await raw(S, '/v1/completions', { body: { prompt: ['a', 'b'], n: 5 } }), 400, 'n');
   // the server still answers
   assert.equal((await c.completions.create({ model: 'm', prompt: 'ok', max_tokens: 1 })).choices.length, 1);

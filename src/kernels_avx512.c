@@ -1049,41 +1049,6 @@ static inline __attribute__((always_inline)) void mdot_q8_row(const bool q4, int
 #define MDOT_L1_CHUNK 24576
 #define MDOT_PF_ROWS 8
 
-static inline __attribute__((always_inline)) void mdot_q8(const bool q4, int64_t k, const void *w, size_t rb, int nr,
-                                                          const spud_gemm_x *x, int nc, float *y, size_t ldy) {
-    const int64_t nb = k / 32;
-    const size_t bs = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
-    for (int c0 = 0; c0 < nc; c0 += MDOT_NC) {
-        const int m = nc - c0 < MDOT_NC ? nc - c0 : MDOT_NC;
-        const int64_t kcb = nb * 40 * m > MDOT_L1_BYTES ? MDOT_L1_CHUNK / (40 * m) / 16 * 16 : nb;
-        for (int64_t b0 = 0; b0 < nb; b0 += kcb) {
-            const int64_t b1 = b0 + kcb < nb ? b0 + kcb : nb;
-            for (int r = 0; r < nr; r++) {
-                const char *row = (const char *)w + (size_t)r * rb;
-                const char *pf = row + (size_t)b0 * bs + PREFETCH_AHEAD;
-                if (kcb < nb) pf = r + MDOT_PF_ROWS < nr ? row + MDOT_PF_ROWS * rb + (size_t)b0 * bs
-                                                         : (const char *)w + (size_t)(r + MDOT_PF_ROWS - nr) * rb +
-                                                               (size_t)b1 * bs;
-                float part[MDOT_NC];
-                MDOT_SWITCH(mdot_q8_row, m, q4, nb, row, x, c0, b0, b1, pf, part)
-                for (int c = 0; c < m; c++) {
-                    float *yc = &y[(size_t)(c0 + c) * ldy + (size_t)r];
-                    *yc = b0 ? *yc + part[c] : part[c];
-                }
-            }
-        }
-    }
-}
-
-void spud_mdot_q4_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
-                           size_t ldy) {
-    mdot_q8(true, k, w, rb, nr, x, nc, y, ldy);
-}
-
-void spud_mdot_q8_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
-                           size_t ldy) {
-    mdot_q8(false, k, w, rb, nr, x, nc, y, ldy);
-}
 
 /* vpshufb control: dword l of every 128-bit lane = byte b0 + 2 l of that lane. */
 static inline __m512i pick_even(int b0) {
@@ -1100,9 +1065,11 @@ static inline __m512i pick_even(int b0) {
  * d * sc * dx and the mins dmin * m * aux in float. Super-blocks past the last
  * full 4: per super-block, maddubs + vpdpwssd with the group scales (as the
  * vec_dot), mins in 8 float lanes. */
-static inline __attribute__((always_inline)) void mdot_q4_K_row(int64_t k, const block_q4_K *a, const spud_gemm_x *x,
-                                                                int c0, float *y, size_t ldy, const int nc) {
-    const int64_t nb = k / QK_K, ng = k / 32;
+static inline __attribute__((always_inline)) void mdot_q4_K_row(int64_t nb, const void *w, const spud_gemm_x *x,
+                                                                int c0, int64_t b0, int64_t b1, const char *pf,
+                                                                float *out, const int nc) {
+    const block_q4_K *a = w;
+    const int64_t ng = nb * 8;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const char *xr[MDOT_NC];
     const size_t off_d = (size_t)((const char *)x->s - (const char *)x->x), off_a = off_d + (size_t)ng * 4;
@@ -1112,9 +1079,10 @@ static inline __attribute__((always_inline)) void mdot_q4_K_row(int64_t k, const
         xr[c] = (const char *)x->x + (size_t)(c0 + c) * x->x_stride;
         f[c] = _mm512_setzero_ps();
     }
-    int64_t i = 0;
-    for (; i + 4 <= nb; i += 4) {
-        prefetch_weights(&a[i], 4 * sizeof(block_q4_K));
+    int64_t i = b0;
+    for (; i + 4 <= b1; i += 4) {
+        for (size_t off = 0; off < 4 * sizeof(block_q4_K); off += 64)
+            _mm_prefetch(pf + (size_t)(i - b0) * sizeof(block_q4_K) + off, _MM_HINT_T0);
         __m512i z[8], v[8];
 #pragma GCC unroll 8
         for (int t = 0; t < 8; t++)
@@ -1156,7 +1124,7 @@ static inline __attribute__((always_inline)) void mdot_q4_K_row(int64_t k, const
         }
     }
     float tail[MDOT_NC] = {0};
-    if (i < nb) {
+    if (i < b1) {
         const __m512i nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
         __m512 accd[MDOT_NC];
         __m256 accm[MDOT_NC];
@@ -1165,7 +1133,7 @@ static inline __attribute__((always_inline)) void mdot_q4_K_row(int64_t k, const
             accd[c] = _mm512_setzero_ps();
             accm[c] = _mm256_setzero_ps();
         }
-        for (; i < nb; i++) {
+        for (; i < b1; i++) {
             const __m128i scm = q4_K_scales_vec(a[i].scales);
             const __m512i scb = _mm512_broadcast_i32x4(scm);
             __m512i q[4], sj[4];
@@ -1196,26 +1164,19 @@ static inline __attribute__((always_inline)) void mdot_q4_K_row(int64_t k, const
             tail[c] = _mm512_reduce_add_ps(accd[c]) - _mm512_reduce_add_ps(_mm512_zextps256_ps512(accm[c]));
     }
 #pragma GCC unroll 8
-    for (int c = 0; c < nc; c++) y[(size_t)(c0 + c) * ldy] = _mm512_reduce_add_ps(f[c]) + tail[c];
+    for (int c = 0; c < nc; c++) out[c] = _mm512_reduce_add_ps(f[c]) + tail[c];
 }
 
-void spud_mdot_q4_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
-                           size_t ldy) {
-    for (int r = 0; r < nr; r++)
-        for (int c0 = 0; c0 < nc; c0 += MDOT_NC) {
-            const int m = nc - c0 < MDOT_NC ? nc - c0 : MDOT_NC;
-            MDOT_SWITCH(mdot_q4_K_row, m, k, (const block_q4_K *)(const void *)((const char *)w + (size_t)r * rb), x,
-                        c0, y + r, ldy)
-        }
-}
 
 /* q6_K: the 6-bit values unsigned (0..63); per super-block and activation
  * row the int32 lanes start at sc[g] * aux[g] (aux = -32 Σ x over the group
  * of 16), then maddubs + vpdpwssd with the group scales; exact per
  * super-block, scaled by d * dx in float. */
-static inline __attribute__((always_inline)) void mdot_q6_K_row(int64_t k, const block_q6_K *a, const spud_gemm_x *x,
-                                                                int c0, float *y, size_t ldy, const int nc) {
-    const int64_t nb = k / QK_K, ng = k / 16;
+static inline __attribute__((always_inline)) void mdot_q6_K_row(int64_t nb, const void *w, const spud_gemm_x *x,
+                                                                int c0, int64_t b0, int64_t b1, const char *pf,
+                                                                float *out, const int nc) {
+    const block_q6_K *a = w;
+    const int64_t ng = nb * 16;
     const int8_t *xq[MDOT_NC];
     const float *xd[MDOT_NC];
     const int32_t *xa[MDOT_NC];
@@ -1227,8 +1188,9 @@ static inline __attribute__((always_inline)) void mdot_q6_K_row(int64_t k, const
         xa[c] = (const int32_t *)(const void *)(xd[c] + ng);
         acc[c] = _mm512_setzero_ps();
     }
-    for (int64_t i = 0; i < nb; i++) {
-        prefetch_weights(&a[i], sizeof(block_q6_K));
+    for (int64_t i = b0; i < b1; i++) {
+        for (size_t off = 0; off < sizeof(block_q6_K); off += 64)
+            _mm_prefetch(pf + (size_t)(i - b0) * sizeof(block_q6_K) + off, _MM_HINT_T0);
         const __m128i sc8 = LOADU128(a[i].scales);
         const __m512i sc512 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8)); /* vpermw reads lanes 0-15 */
         const __m512i sc32 = _mm512_cvtepi8_epi32(sc8);
@@ -1248,18 +1210,73 @@ static inline __attribute__((always_inline)) void mdot_q6_K_row(int64_t k, const
         }
     }
 #pragma GCC unroll 8
-    for (int c = 0; c < nc; c++) y[(size_t)(c0 + c) * ldy] = _mm512_reduce_add_ps(acc[c]);
+    for (int c = 0; c < nc; c++) out[c] = _mm512_reduce_add_ps(acc[c]);
+}
+
+enum { MDOT_Q4_0, MDOT_Q8_0, MDOT_Q4_K, MDOT_Q6_K };
+
+/* The weight rows (nr) and activation rows (nc, in passes of up to MDOT_NC)
+ * of one call, long rows in chunks of whole units (16 blocks for q4_0/q8_0, 4
+ * super-blocks for q4_K, 1 for q6_K), as above. */
+static inline __attribute__((always_inline)) void mdot_drive(const int kind, int64_t k, const void *w, size_t rb,
+                                                             int nr, const spud_gemm_x *x, int nc, float *y,
+                                                             size_t ldy) {
+    static const size_t block_bytes[] = {sizeof(block_q4_0), sizeof(block_q8_0), sizeof(block_q4_K),
+                                         sizeof(block_q6_K)};
+    static const int64_t x_bytes[] = {40, 40, 320, 384}, unit[] = {16, 16, 4, 1}; /* per block */
+    const int64_t nb = k / (kind <= MDOT_Q8_0 ? 32 : QK_K);
+    const size_t bs = block_bytes[kind];
+    for (int c0 = 0; c0 < nc; c0 += MDOT_NC) {
+        const int m = nc - c0 < MDOT_NC ? nc - c0 : MDOT_NC;
+        int64_t kcb = nb;
+        if (nb * x_bytes[kind] * m > MDOT_L1_BYTES) {
+            kcb = MDOT_L1_CHUNK / (x_bytes[kind] * m) / unit[kind] * unit[kind];
+            if (kcb < unit[kind]) kcb = unit[kind];
+        }
+        for (int64_t b0 = 0; b0 < nb; b0 += kcb) {
+            const int64_t b1 = b0 + kcb < nb ? b0 + kcb : nb;
+            for (int r = 0; r < nr; r++) {
+                const char *row = (const char *)w + (size_t)r * rb;
+                const char *pf = row + (size_t)b0 * bs + PREFETCH_AHEAD;
+                if (kcb < nb) pf = r + MDOT_PF_ROWS < nr ? row + MDOT_PF_ROWS * rb + (size_t)b0 * bs
+                                                         : (const char *)w + (size_t)(r + MDOT_PF_ROWS - nr) * rb +
+                                                               (size_t)b1 * bs;
+                float part[MDOT_NC];
+                switch (kind) {
+                case MDOT_Q4_0: MDOT_SWITCH(mdot_q8_row, m, true, nb, row, x, c0, b0, b1, pf, part) break;
+                case MDOT_Q8_0: MDOT_SWITCH(mdot_q8_row, m, false, nb, row, x, c0, b0, b1, pf, part) break;
+                case MDOT_Q4_K: MDOT_SWITCH(mdot_q4_K_row, m, nb, row, x, c0, b0, b1, pf, part) break;
+                default: MDOT_SWITCH(mdot_q6_K_row, m, nb, row, x, c0, b0, b1, pf, part) break;
+                }
+                for (int c = 0; c < m; c++) {
+                    float *yc = &y[(size_t)(c0 + c) * ldy + (size_t)r];
+                    *yc = b0 ? *yc + part[c] : part[c];
+                }
+            }
+        }
+    }
+}
+
+void spud_mdot_q4_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                           size_t ldy) {
+    mdot_drive(MDOT_Q4_0, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_mdot_q8_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                           size_t ldy) {
+    mdot_drive(MDOT_Q8_0, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_mdot_q4_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                           size_t ldy) {
+    mdot_drive(MDOT_Q4_K, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_mdot_q6_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    for (int r = 0; r < nr; r++)
-        for (int c0 = 0; c0 < nc; c0 += MDOT_NC) {
-            const int m = nc - c0 < MDOT_NC ? nc - c0 : MDOT_NC;
-            MDOT_SWITCH(mdot_q6_K_row, m, k, (const block_q6_K *)(const void *)((const char *)w + (size_t)r * rb), x,
-                        c0, y + r, ldy)
-        }
+    mdot_drive(MDOT_Q6_K, k, w, rb, nr, x, nc, y, ldy);
 }
+
 
 /* ---- matrix-matrix products of float weights (f32, f16, bf16) ----
  *
@@ -1665,11 +1682,12 @@ const spud_kernel_set spud_kernels_avx512 = {
         [SPUD_TYPE_Q4_K] = spud_mdot_q4_K_avx512,
         [SPUD_TYPE_Q6_K] = spud_mdot_q6_K_avx512,
     },
-    /* single thread, 2048 x 131072 q4_0 / 65536 q4_K and q6_K from memory, Zen 5:
-     * q4_0 mdot vs gemm at 16 rows 26.5 vs 31.5 ms, at 24 rows 57.5 vs 37.8;
-     * q4_K at 8 rows 9.3 vs 12.0, at 16 rows 16.9 vs 15.8; q6_K at 8 rows 12.8
-     * vs 12.8 */
-    .mdot_max = {[SPUD_TYPE_Q4_0] = 16, [SPUD_TYPE_Q8_0] = 16, [SPUD_TYPE_Q4_K] = 8, [SPUD_TYPE_Q6_K] = 7},
+    /* single thread, weights from memory, Zen 5, busy machine, mdot vs gemm:
+     * q4_0 2048 x 131072 at 16 rows 26.5 vs 31.5 ms, at 24 rows 57.5 vs 37.8;
+     * q4_K 8192 x 8192 at 8 rows 3.6 vs 4.5, at 10 rows 4.2 vs 5.2 (2048-long
+     * rows at 16: 16.9 vs 15.8); q6_K 8192 x 8192 at 6 rows 4.2 vs 4.6, at 7
+     * rows 5.1 vs 4.7 */
+    .mdot_max = {[SPUD_TYPE_Q4_0] = 16, [SPUD_TYPE_Q8_0] = 16, [SPUD_TYPE_Q4_K] = 8, [SPUD_TYPE_Q6_K] = 6},
     .dot_f32 = spud_dot_f32_avx512,
     .axpy_f32 = spud_axpy_f32_avx512,
     .attn = spud_attn_avx512,

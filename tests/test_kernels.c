@@ -1225,7 +1225,7 @@ static void mdot_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
 }
 
 static const int64_t mdot_len32[] = {32, 96, 512, 544, 1056, 4128, 2048 + 15 * 32, 8192 + 32};
-static const int64_t mdot_len256[] = {256, 512, 1792, 4096};
+static const int64_t mdot_len256[] = {256, 512, 1792, 4096, 8192 + 256};
 
 Test(mdot, q4_0) { mdot_suite(SPUD_TYPE_Q4_0, mdot_len32, sizeof mdot_len32 / sizeof mdot_len32[0]); }
 Test(mdot, q8_0) { mdot_suite(SPUD_TYPE_Q8_0, mdot_len32, sizeof mdot_len32 / sizeof mdot_len32[0]); }

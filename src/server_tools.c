@@ -346,57 +346,45 @@ static void gbnf_char(char *out, char ch) {
     }
 }
 
-/* The grammar that thinks first: root ::= text-without-close{0,max} close ws answer.
+/* Append text as the inside of a GBNF literal. */
+static bool lit_add(srv_buf *b, const char *t, size_t n) {
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        if (t[i] == '"' || t[i] == '\\') ok = srv_buf_add(b, "\\", 1);
+        ok = ok && srv_buf_add(b, t + i, 1);
+    }
+    return ok;
+}
+
+/* The grammar that may think first:
+ *   root ::= thought{0,max} CLOSE [ \n]{0,3} answer            (the prompt opened the block)
+ *   root ::= (OPEN thought{0,max} CLOSE [ \n]{0,3})? answer     (the model may open one)
  * Text without the close marker M (whose first character does not occur
  * again in it) is a run of chunks: a character other than M[0], or M[0]
  * followed by a proper prefix of M's rest and a character that leaves the
- * match (M[0] itself restarts it). The text may not end with a proper
- * prefix of M. The bound counts chunks: characters, a few more around '<'. */
-static char *think_grammar(const char *answer, const char *close, int32_t max) {
+ * match (M[0] itself restarts it). The text may not end with a proper prefix
+ * of M. The bound counts chunks: characters, a few more around M[0]. */
+static char *think_grammar(const char *answer, const char *open, const char *close, int32_t max) {
     size_t L = strlen(close);
     if (L < 2 || strchr(close + 1, close[0])) return NULL;
     srv_buf b = {0};
-    char m0[3], mj[3];
+    char m0[3], mj[3], line[64];
     gbnf_char(m0, close[0]);
-    char head[256];
-    snprintf(head, sizeof head, "root ::= %s\"%s\" [ \\n]{0,3} spud-answer\n",
-             max > 0 ? "spud-think-chunk{0,MAX} " : "", "CLOSE");
-    bool ok = true;
-    /* head, with the bound and the escaped marker */
-    for (const char *p = head; *p && ok; p++) {
-        if (!strncmp(p, "MAX", 3)) {
-            char num[16];
-            snprintf(num, sizeof num, "%d", (int)max);
-            ok = srv_buf_add(&b, num, strlen(num));
-            p += 2;
-        } else if (!strncmp(p, "CLOSE", 5)) {
-            for (size_t i = 0; i < L && ok; i++) {
-                char x[3];
-                x[0] = close[i] == '"' || close[i] == '\\' ? '\\' : close[i];
-                x[1] = close[i] == '"' || close[i] == '\\' ? close[i] : 0;
-                x[2] = 0;
-                ok = srv_buf_add(&b, x, strlen(x));
-            }
-            p += 4;
-        } else {
-            ok = srv_buf_add(&b, p, 1);
-        }
-    }
+    bool ok = srv_buf_add(&b, open ? "root ::= (\"" : "root ::= ", open ? 11 : 9);
+    if (open) ok = ok && lit_add(&b, open, strlen(open)) && srv_buf_add(&b, "\" ", 2);
     if (max > 0) {
-        char line[256];
+        snprintf(line, sizeof line, "spud-think-chunk{0,%d} ", (int)max);
+        ok = ok && srv_buf_add(&b, line, strlen(line));
+    }
+    ok = ok && srv_buf_add(&b, "\"", 1) && lit_add(&b, close, L) && srv_buf_add(&b, "\" [ \\n]{0,3}", 12);
+    ok = ok && srv_buf_add(&b, open ? ")? spud-answer\n" : " spud-answer\n", open ? 15 : 13);
+    if (max > 0) {
         snprintf(line, sizeof line, "spud-think-chunk ::= [^%s] | [%s] (", m0, m0);
         ok = ok && srv_buf_add(&b, line, strlen(line));
         /* restarts: M[1..j) M[0]; ends: M[1..j) and a character neither M[j] nor M[0] (j = 1 .. L-1) */
         for (int pass = 0; pass < 2 && ok; pass++) {
             for (size_t j = 1; j < L && ok; j++) {
-                if (j > 1) ok = srv_buf_add(&b, " |", 2);
-                if (j > 1) ok = ok && srv_buf_add(&b, " \"", 2);
-                for (size_t i = 1; i < j && ok; i++) {
-                    char x[3] = {close[i], 0, 0};
-                    if (close[i] == '"' || close[i] == '\\') x[0] = '\\', x[1] = close[i];
-                    ok = srv_buf_add(&b, x, strlen(x));
-                }
-                if (j > 1) ok = ok && srv_buf_add(&b, "\"", 1);
+                if (j > 1) ok = srv_buf_add(&b, " | \"", 4) && lit_add(&b, close + 1, j - 1) && srv_buf_add(&b, "\"", 1);
                 gbnf_char(mj, close[j]);
                 if (pass == 0)
                     snprintf(line, sizeof line, " [%s]", m0);
@@ -427,12 +415,17 @@ void srv_gen_set_parse(srv_gen *g, srv_constraint *c, const char *prompt, size_t
     g->popts_in_reasoning = s->thinks && n >= 7 &&
                             (!memcmp(prompt + n - 7, "<think>", 7) || !memcmp(prompt + n - 7, "[THINK]", 7));
     /* A JSON format or a forced call constrains the answer from its first
-     * token: let the model finish its thought first (a request's own GBNF
-     * grammar may spell the thinking out itself). Without a grammar for it,
-     * nothing of the answer is reasoning. */
-    if (c->gbnf && !c->trigger && !c->user_grammar && g->popts_in_reasoning) {
-        const char *close = !memcmp(prompt + n - 7, "[THINK]", 7) ? "[/THINK]" : "</think>";
-        char *t = think_grammar(c->gbnf, close, c->think_max);
+     * token: let the model think first, in the block the prompt opened or in
+     * one it opens (a request's own GBNF grammar may spell the thinking out
+     * itself; harmony's channels are not think blocks). Without such a
+     * grammar, nothing of the answer is reasoning. */
+    if (c->gbnf && !c->trigger && !c->user_grammar && s->thinks && g->popts_syntax != SPUD_CALLS_HARMONY) {
+        bool mistral = g->popts_in_reasoning ? !memcmp(prompt + n - 7, "[THINK]", 7)
+                                             : g->popts_syntax == SPUD_CALLS_MISTRAL;
+        const char *open = mistral ? "[THINK]" : "<think>", *close = mistral ? "[/THINK]" : "</think>";
+        char *t = NULL;
+        if (g->popts_in_reasoning || c->think_max > 0)
+            t = think_grammar(c->gbnf, g->popts_in_reasoning ? NULL : open, close, c->think_max);
         if (t) {
             spud_free(c->gbnf);
             c->gbnf = t;

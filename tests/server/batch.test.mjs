@@ -8,6 +8,23 @@ import { NO_SPECIAL, client, collectChat, raw, assertErrorShape, metrics } from 
 
 const S = process.env.SPUD_URL_S;
 const R = process.env.SPUD_URL_R;
+const Q = process.env.SPUD_URL_Q;
+
+// Tokens generated inside a think block, replayed over their texts: a token counts by the state before it.
+function reasoningCount(tokens, inside) {
+  let text = '', pos = 0, n = 0;
+  for (const t of tokens) {
+    if (inside) n++;
+    text += t;
+    for (;;) {
+      const mk = inside ? '</think>' : '<think>', i = text.indexOf(mk, pos);
+      if (i < 0) break;
+      pos = i + mk.length;
+      inside = !inside;
+    }
+  }
+  return n;
+}
 
 test('completions: several prompts; choice i*n+j is prompt i choice j, equal to single-prompt requests', async () => {
   const c = client();
@@ -128,7 +145,8 @@ test('usage: reasoning_tokens counts the tokens inside the think block', async (
     // the generation prompt opens <think>: the tokens through the one that completes </think> are reasoning
     const r = await c.chat.completions.create({ model: 'm', messages: user, seed, grammar, max_tokens: 200, logprobs: true });
     const toks = r.choices[0].logprobs.content.map((t) => t.token);
-    const k = tokensThrough(toks, '</think>');
+    const k = reasoningCount(toks, true);
+    assert.equal(k, tokensThrough(toks, '</think>'));
     assert.ok(k < toks.length);
     assert.equal(r.usage.completion_tokens, toks.length);
     assert.equal(r.usage.completion_tokens_details.reasoning_tokens, k, toks.join('|'));
@@ -137,12 +155,23 @@ test('usage: reasoning_tokens counts the tokens inside the think block', async (
     // a random model that never closes the block: every token is reasoning (unless it wrote </think>)
     const free = await c.chat.completions.create({ model: 'm', messages: user, seed, max_tokens: 12, logprobs: true });
     const ft = free.choices[0].logprobs.content.map((t) => t.token);
-    assert.equal(free.usage.completion_tokens_details.reasoning_tokens, tokensThrough(ft, '</think>'));
+    assert.equal(free.usage.completion_tokens_details.reasoning_tokens, reasoningCount(ft, true));
   }
   // Responses: output_tokens_details
   const rr = await c.responses.create({ model: 'm', input: 'Weather?', seed: 1, grammar, max_output_tokens: 200, store: false });
   const rt = rr.usage.output_tokens_details.reasoning_tokens;
   assert.ok(rt > 0 && rt < rr.usage.output_tokens, JSON.stringify(rr.usage));
+  // Qwen3's prompt does not open the block: the model opens it itself
+  const cq = new OpenAI({ baseURL: Q + '/v1', apiKey: 'none', maxRetries: 0, timeout: 120000 });
+  const qgrammar = 'root ::= [a-z]{0,3} "<think>" [a-z ]{2,12} "</think>" "\\n\\n" "Answer: " [0-9]{1,3}\n';
+  for (const seed of [1, 2, 3]) {
+    const r = await cq.chat.completions.create({ model: 'm', messages: user, seed, grammar: qgrammar, max_tokens: 200, logprobs: true });
+    const m = r.choices[0].message, toks = r.choices[0].logprobs.content.map((t) => t.token);
+    assert.match(m.reasoning_content, /^[a-z ]{2,12}$/);
+    const want = reasoningCount(toks, false);
+    assert.ok(want > 0 && want < toks.length);
+    assert.equal(r.usage.completion_tokens_details.reasoning_tokens, want, toks.join('|'));
+  }
   // a template without <think>: none
   const plain = await new OpenAI({ baseURL: process.env.SPUD_URL_L + '/v1', apiKey: 'none', maxRetries: 0 })
     .chat.completions.create({ model: 'm', messages: user, seed: 1, grammar, max_tokens: 200 });
@@ -202,6 +231,26 @@ test('a thinking template under response_format / forced tool_choice: it may thi
   assert.equal(rr.status, 'completed');
   assert.equal(typeof JSON.parse(rr.output_text).a, 'number');
   assertErrorShape(assert, await raw(R, '/v1/chat/completions', { body: { messages: user, reasoning_effort: 'lots' } }), 400, 'reasoning_effort');
+  // Qwen3 (the prompt does not open a block): the model may open one before the answer, or answer at once
+  const cq = new OpenAI({ baseURL: Q + '/v1', apiKey: 'none', maxRetries: 0, timeout: 300000 });
+  let opened = 0, direct = 0;
+  for (const [i, sc] of schemas.slice(0, 16).entries()) {
+    const body = { model: 'm', messages: user, seed: 5 + i, max_tokens: 3000, reasoning_effort: 'low',
+      response_format: { type: 'json_schema', json_schema: { name: 's', schema: sc.schema, strict: true } } };
+    const r = await cq.chat.completions.create(body);
+    const m = r.choices[0].message, what = `qwen3 ${sc.name}: ${JSON.stringify(m).slice(0, 400)}`;
+    assert.equal(r.choices[0].finish_reason, 'stop', what);
+    const v = ajv.compile(structuredClone(sc.schema));
+    assert.ok(v(JSON.parse(m.content)), `${what}: ${ajv.errorsText(v.errors)}`);
+    if (m.reasoning_content !== undefined && r.usage.completion_tokens_details.reasoning_tokens > 0) opened++;
+    else direct++;
+  }
+  console.log(`qwen3 json_schema: ${opened} thought first, ${direct} answered at once`);
+  assert.ok(opened > 0, 'no answer thought first');
+  const qn = await cq.chat.completions.create({ model: 'm', messages: user, seed: 1, reasoning_effort: 'none',
+    response_format: { type: 'json_schema', json_schema: { name: 's', schema: sc, strict: true } } });
+  assert.equal(qn.usage.completion_tokens_details.reasoning_tokens, 0);
+  assert.equal(typeof JSON.parse(qn.choices[0].message.content).a, 'number');
   assertErrorShape(assert, await raw(R, '/v1/responses', { body: { input: 'x', reasoning: { effort: 3 } } }), 400, 'reasoning.effort');
   assertErrorShape(assert, await raw(R, '/v1/responses', { body: { input: 'x', reasoning: 'low' } }), 400, 'reasoning');
 });

@@ -1059,6 +1059,148 @@ void spud_attn_avx2(int hd, int nq, const float *q, const int32_t *last, spud_ty
         attn_impl_avx2(false, hd, nq, q, last, k, v, out, work);
 }
 
+/* ---- small-batch products (decode of a few sequences) ----
+ *
+ * The AVX-512 set's q4_0 / q8_0 mdot (see kernels_avx512.c) in two halves of
+ * 8 lanes: a group of 16 blocks in the spud_mdot_x_row layout is lanes 0-7
+ * (the first 32 bytes of each 64-byte vector) and lanes 8-15. Per half, the
+ * quant bytes of its 8 blocks go through an in-lane 4x4 dword transpose
+ * once; per activation row, maddubs + madd per 32 bytes (q4_0: unsigned
+ * nibbles and the aux accumulator; q8_0: |w| and x with w's sign, so no
+ * 16-bit saturation), exact per block, scaled by dw * dx in float. At most
+ * MDOT2_NC activation rows per pass (16 ymm registers). */
+#define MDOT2_NC 4
+
+static inline __attribute__((always_inline)) void mdot2_row(const bool q4, int64_t nb, const void *w,
+                                                            const spud_gemm_x *x, int c0, float *out, const int nc) {
+    const block_q4_0 *a4 = w;
+    const block_q8_0 *a8 = w;
+    const char *xr[MDOT2_NC];
+    const size_t off_d = (size_t)((const char *)x->s - (const char *)x->x), off_a = off_d + (size_t)nb * 4;
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
+    __m256 f[MDOT2_NC];
+#pragma GCC unroll 4
+    for (int c = 0; c < nc; c++) {
+        xr[c] = (const char *)x->x + (size_t)(c0 + c) * x->x_stride;
+        f[c] = _mm256_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 16 <= nb; i += 16) {
+        if (q4)
+            prefetch_weights(&a4[i], 16 * sizeof(block_q4_0));
+        else
+            prefetch_weights(&a8[i], 16 * sizeof(block_q8_0));
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            /* lane 4 i + g (i < 2) = block 4 g + 2 h + i of the group */
+            const int64_t b = i + 2 * h;
+            __m256 dw;
+            __m256i W[8];
+            if (q4) {
+                dw = _mm256_cvtph_ps(_mm_setr_epi16((short)a4[b].d, (short)a4[b + 4].d, (short)a4[b + 8].d,
+                                                    (short)a4[b + 12].d, (short)a4[b + 1].d, (short)a4[b + 5].d,
+                                                    (short)a4[b + 9].d, (short)a4[b + 13].d));
+                __m256i z[4], v[4];
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++)
+                    z[g] = _mm256_set_m128i(LOADU128(a4[b + 4 * g + 1].qs), LOADU128(a4[b + 4 * g].qs));
+                const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+                const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+                v[0] = _mm256_unpacklo_epi64(t0, t2);
+                v[1] = _mm256_unpackhi_epi64(t0, t2);
+                v[2] = _mm256_unpacklo_epi64(t1, t3);
+                v[3] = _mm256_unpackhi_epi64(t1, t3);
+#pragma GCC unroll 4
+                for (int m = 0; m < 4; m++) {
+                    W[m] = _mm256_and_si256(v[m], m4);
+                    W[m + 4] = _mm256_and_si256(_mm256_srli_epi16(v[m], 4), m4);
+                }
+            } else {
+                dw = _mm256_cvtph_ps(_mm_setr_epi16((short)a8[b].d, (short)a8[b + 4].d, (short)a8[b + 8].d,
+                                                    (short)a8[b + 12].d, (short)a8[b + 1].d, (short)a8[b + 5].d,
+                                                    (short)a8[b + 9].d, (short)a8[b + 13].d));
+#pragma GCC unroll 2
+                for (int q = 0; q < 2; q++) {
+                    __m256i z[4];
+#pragma GCC unroll 4
+                    for (int g = 0; g < 4; g++)
+                        z[g] = _mm256_set_m128i(LOADU128(a8[b + 4 * g + 1].qs + 16 * q), LOADU128(a8[b + 4 * g].qs + 16 * q));
+                    const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+                    const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+                    W[4 * q] = _mm256_unpacklo_epi64(t0, t2);
+                    W[4 * q + 1] = _mm256_unpackhi_epi64(t0, t2);
+                    W[4 * q + 2] = _mm256_unpacklo_epi64(t1, t3);
+                    W[4 * q + 3] = _mm256_unpackhi_epi64(t1, t3);
+                }
+            }
+#pragma GCC unroll 4
+            for (int c = 0; c < nc; c++) {
+                const char *xg = xr[c] + i * 32 + 32 * h;
+                __m256i d = q4 ? LOADU256(xr[c] + off_a + (size_t)(i + 8 * h) * 4) : _mm256_setzero_si256();
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) {
+                    const __m256i xv = _mm256_load_si256((const __m256i *)(const void *)(xg + 64 * j));
+                    const __m256i p = q4 ? _mm256_maddubs_epi16(W[j], xv)
+                                         : _mm256_maddubs_epi16(_mm256_abs_epi8(W[j]), _mm256_sign_epi8(xv, W[j]));
+                    d = _mm256_add_epi32(d, _mm256_madd_epi16(p, ones));
+                }
+                const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(xr[c] + off_d + (size_t)(i + 8 * h) * 4));
+                f[c] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(d), f[c]);
+            }
+        }
+    }
+    float tail[MDOT2_NC] = {0};
+    for (; i < nb; i++) {
+        __m256i q;
+        float d;
+        if (q4) {
+            const __m128i raw = LOADU128(a4[i].qs), n4 = _mm_set1_epi8(0x0F);
+            q = _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), n4), _mm_and_si128(raw, n4)),
+                                _mm256_set1_epi8(8));
+            d = f16s(a4[i].d);
+        } else {
+            q = LOADU256(a8[i].qs);
+            d = f16s(a8[i].d);
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < nc; c++) {
+            float dx;
+            memcpy(&dx, xr[c] + off_d + (size_t)i * 4, 4);
+            tail[c] += (d * dx) * (float)hsum_epi32(dot_i8_lanes(q, LOADU256(xr[c] + i * 32)));
+        }
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < nc; c++) out[c] = hsum_ps(f[c]) + tail[c];
+}
+
+static inline __attribute__((always_inline)) void mdot2(const bool q4, int64_t k, const void *w, size_t rb, int nr,
+                                                        const spud_gemm_x *x, int nc, float *y, size_t ldy) {
+    const int64_t nb = k / 32;
+    for (int r = 0; r < nr; r++)
+        for (int c0 = 0; c0 < nc; c0 += MDOT2_NC) {
+            const int m = nc - c0 < MDOT2_NC ? nc - c0 : MDOT2_NC;
+            const char *row = (const char *)w + (size_t)r * rb;
+            float part[MDOT2_NC];
+            switch (m) {
+            case 1: mdot2_row(q4, nb, row, x, c0, part, 1); break;
+            case 2: mdot2_row(q4, nb, row, x, c0, part, 2); break;
+            case 3: mdot2_row(q4, nb, row, x, c0, part, 3); break;
+            default: mdot2_row(q4, nb, row, x, c0, part, 4); break;
+            }
+            for (int c = 0; c < m; c++) y[(size_t)(c0 + c) * ldy + (size_t)r] = part[c];
+        }
+}
+
+void spud_mdot_q4_0_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    mdot2(true, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_mdot_q8_0_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    mdot2(false, k, w, rb, nr, x, nc, y, ldy);
+}
+
 const spud_kernel_set spud_kernels_avx2 = {
     .name = "avx2",
     .vec_dot = {
@@ -1095,5 +1237,14 @@ const spud_kernel_set spud_kernels_avx2 = {
         [SPUD_TYPE_BF16] = spud_gemm_bf16_avx2,
     },
     .gemm_rows = GEMM2_ROWS,
+    .mdot = {
+        [SPUD_TYPE_Q4_0] = spud_mdot_q4_0_avx2,
+        [SPUD_TYPE_Q8_0] = spud_mdot_q8_0_avx2,
+    },
+    /* single thread, weights from memory (Zen 5 running this set), mdot vs
+     * gemm: q4_0 2048 x 65536 at 6 rows 10.7 vs 12.4 ms, at 7 rows 13.2 vs
+     * 13.3, at 8 rows 16.6 vs 14.1; q8_0 2048 x 32768 at 6 rows 7.2 vs 7.3, at
+     * 7 rows 8.0 vs 7.3 */
+    .mdot_max = {[SPUD_TYPE_Q4_0] = 6, [SPUD_TYPE_Q8_0] = 6},
     .swiglu_f32 = spud_swiglu_f32_avx2,
 };

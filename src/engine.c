@@ -913,14 +913,17 @@ static spud_status submit_check(spud_engine *e, const spud_engine_req_params *p)
                                SPUD_ENGINE_MAX_STOP_LEN);
     }
     if (p->n_triggers && !p->grammar) return spud_errorf(SPUD_ERR_INVALID, "trigger words need a grammar");
+    bool any_open = false, any_close = false;
     for (int v = 0; v < 2; v++) {
         const char *mk[2] = {p->think_open[v], p->think_close[v]};
         for (int w = 0; w < 2; w++)
             if (mk[w] && (!mk[w][0] || strlen(mk[w]) > SPUD_ENGINE_MAX_THINK_LEN))
                 return spud_errorf(SPUD_ERR_INVALID, "think markers must be 1 to %d bytes",
                                    SPUD_ENGINE_MAX_THINK_LEN);
-        if (!mk[0] != !mk[1]) return spud_errorf(SPUD_ERR_INVALID, "think markers come in pairs");
+        any_open |= mk[0] != NULL;
+        any_close |= mk[1] != NULL;
     }
+    if (any_open != any_close) return spud_errorf(SPUD_ERR_INVALID, "think markers need an open and a close one");
     return SPUD_OK;
 }
 

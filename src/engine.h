@@ -95,7 +95,8 @@ typedef struct {
     size_t n_triggers;
     /* Reasoning count: tokens generated inside a think block (from an open
      * marker to a close marker, e.g. "<think>" ... "</think>"; up to two
-     * spellings each, NULL for none; at most SPUD_ENGINE_MAX_THINK_LEN bytes)
+     * spellings each, NULL for none, at least one of each when any; at most
+     * SPUD_ENGINE_MAX_THINK_LEN bytes)
      * are counted in spud_engine_delta.n_reasoning. in_reasoning: the output
      * starts inside the block (the prompt opened it). A token counts by the
      * state before its text: the one that completes the close marker is
@@ -104,7 +105,7 @@ typedef struct {
     bool in_reasoning;
 } spud_engine_req_params;
 
-#define SPUD_ENGINE_MAX_THINK_LEN 16
+#define SPUD_ENGINE_MAX_THINK_LEN 32
 
 /* Log-probabilities (natural log, of the softmax of the biased logits, before
  * temperature and truncation; with a grammar, over the tokens it allows) of

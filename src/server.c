@@ -123,7 +123,11 @@ bool srv_gen_submit(srv_gen *g, const spud_engine_req_params *p, srv_error *err)
     if (g->n_reqs >= SRV_MAX_PROMPTS || (g->n_reqs + 1) * g->per_req > g->n_choices)
         return srv_fail(err, 500, "", "internal error: too many engine requests");
     spud_engine_req_params q = *p;
-    if (g->popts_reasoning && g->popts_syntax != SPUD_CALLS_HARMONY) { /* count reasoning tokens */
+    if (g->popts_reasoning && g->popts_syntax == SPUD_CALLS_HARMONY) { /* count reasoning tokens */
+        q.think_open[0] = "<|channel|>analysis<|message|>";
+        q.think_close[0] = "<|end|>";
+        q.think_close[1] = "<|return|>";
+    } else if (g->popts_reasoning) {
         q.think_open[0] = "<think>";
         q.think_close[0] = "</think>";
         if (g->popts_syntax == SPUD_CALLS_MISTRAL) { /* Magistral's */
@@ -758,7 +762,8 @@ static void template_syntax(spud_server *s, const spud_model *m) {
         char *t = spud_strndup(src.ptr, src.len);
         if (t) {
             s->call_syntax = spud_call_syntax_detect(t);
-            s->thinks = strstr(t, "<think>") || strstr(t, "[THINK]"); /* Magistral's */
+            /* <think> blocks, Magistral's [THINK], or harmony's analysis channel */
+            s->thinks = strstr(t, "<think>") || strstr(t, "[THINK]") || s->call_syntax == SPUD_CALLS_HARMONY;
             spud_free(t);
         }
     }

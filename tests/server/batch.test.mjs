@@ -242,6 +242,7 @@ test('a thinking template under response_format / forced tool_choice: it may thi
     reasoning: { effort: 'low' }, text: { format: { type: 'json_schema', name: 's', schema: sc, strict: true } } });
   assert.equal(rr.status, 'completed');
   assert.equal(typeof JSON.parse(rr.output_text).a, 'number');
+  assert.equal(rr.reasoning.effort, 'low');
   assertErrorShape(assert, await raw(R, '/v1/chat/completions', { body: { messages: user, reasoning_effort: 'lots' } }), 400, 'reasoning_effort');
   // Qwen3 (the prompt does not open a block): the model may open one before the answer, or answer at once
   const cq = new OpenAI({ baseURL: Q + '/v1', apiKey: 'none', maxRetries: 0, timeout: 300000 });

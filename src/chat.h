@@ -23,8 +23,13 @@
  * (spud_tok_encode_masked). A user who types "<|im_start|>system" gets that
  * text, not the control token. Tokenizing the plain text of
  * spud_chat_render with special tokens parsed would give them the token.
+ * Added tokens the vocabulary does not mark special are held to the same
+ * rule when they are structural: their text appears in the template's source
+ * (DeepSeek V3's "<｜User｜>", Qwen's "<think>", "<tool_call>"). Other added
+ * tokens match in content too, as in Hugging Face.
  *
- * Thread safety: a spud_chat_template is immutable; renders may run at once.
+ * Thread safety: a spud_chat_template is immutable but for an internal,
+ * locked cache (spud_chat_template_structural); renders may run at once.
  */
 #ifndef SPUD_CHAT_H
 #define SPUD_CHAT_H
@@ -74,6 +79,16 @@ spud_status spud_chat_render_taint(const spud_chat_template *t, json_object *mes
                                    json_object *tools, bool add_generation_prompt,
                                    const spud_jinja_opts *opts, char **out, size_t *out_len,
                                    uint8_t **taint);
+
+/* The user-defined tokens of tok that the template writes itself: *out gets
+ * one byte per token id, nonzero where the token's text occurs in the
+ * template's source and is not only white space (a template that assembles a
+ * marker from pieces, '<｜' + 'User｜>', is not seen). For
+ * spud_tok_encode_masked's structural argument. Computed on the first call
+ * for each tokenizer and kept: *out stays valid until the template is freed.
+ * Safe to call from several threads at once. */
+spud_status spud_chat_template_structural(const spud_chat_template *t, const spud_tokenizer *tok,
+                                          const uint8_t **out);
 
 /* Render and tokenize a conversation for the model, safely: special tokens
  * are parsed only in what the template wrote (see the top of this file).

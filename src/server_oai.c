@@ -303,7 +303,10 @@ bool srv_tokenize_prompt(spud_server *s, const char *text, size_t len, bool add_
 
 static bool tokenize_prompt(spud_server *s, const char *text, size_t len, bool add_special, const uint8_t *taint,
                             const char *param, int32_t **ids, size_t *n_ids, srv_error *e) {
-    if (spud_tok_encode_masked(s->model->tok, text, len, add_special, taint, ids, n_ids))
+    const uint8_t *structural = NULL; /* markers the template writes: text in content (spud_chat_tokenize) */
+    if (taint && s->tmpl && spud_chat_template_structural(s->tmpl, s->model->tok, &structural))
+        return srv_fail(e, 500, "", "out of memory");
+    if (spud_tok_encode_masked(s->model->tok, text, len, add_special, taint, structural, ids, n_ids))
         return srv_fail(e, 400, param, "cannot tokenize '%s': %s", param, spud_last_error());
     int32_t bos = spud_token_bos(s->model);
     if (*n_ids >= 2 && bos >= 0 && (*ids)[0] == bos && (*ids)[1] == bos) { /* the template wrote BOS too */

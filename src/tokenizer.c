@@ -19,8 +19,10 @@
  *   their regexes on PCRE2.
  * - Special tokens are cut out leftmost-longest, as Hugging Face tokenizers
  *   and tiktoken do (llama.cpp takes the longest token text first).
- *   User-defined tokens (added tokens that are not special) are always cut
- *   out; control tokens only when the caller asks to parse special tokens.
+ *   User-defined tokens (added tokens that are not special) are cut out
+ *   everywhere but in untrusted bytes when the caller marks them structural;
+ *   control tokens only when the caller asks to parse special tokens (and,
+ *   masked, only in trusted bytes).
  * - Invalid UTF-8 becomes U+FFFD, one per maximal invalid subpart (what a
  *   UTF-8 decoder in replacement mode hands the reference tokenizers).
  * - SentencePiece vocabularies that carry merges (converted from a Hugging
@@ -34,6 +36,7 @@
  */
 #include "tokenizer.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,6 +147,7 @@ struct spud_tokenizer {
     bool first_user[256];    /* byte starts a user-defined token's text */
     bool first_special[256]; /* byte starts any special token's text */
     bool has_user_defined;
+    uint64_t serial; /* unique per load in this process (spud_tok_serial) */
 
     /* pieces with render_special = true, precomputed */
     uint64_t *piece_off; /* (n_vocab + 1) */
@@ -1321,6 +1325,8 @@ spud_status spud_tok_load(const spud_gguf *g, spud_tokenizer **out) {
     spud_tokenizer *t = spud_calloc(1, sizeof *t);
     if (!t) return nomem();
     t->bos = t->eos = t->eot = t->eom = t->unk = t->cls = t->sep = -1;
+    static atomic_uint_fast64_t next_serial = 1;
+    t->serial = (uint64_t)atomic_fetch_add(&next_serial, 1);
     spud_status st = load_body(g, t);
     if (st) {
         spud_tok_free(t);
@@ -1368,6 +1374,12 @@ bool spud_tok_is_eog(const spud_tokenizer *t, int32_t id) {
 bool spud_tok_is_control(const spud_tokenizer *t, int32_t id) {
     return id >= 0 && id < t->n_vocab && (t->attr[id] & ATTR_CONTROL);
 }
+
+bool spud_tok_is_user_defined(const spud_tokenizer *t, int32_t id) {
+    return id >= 0 && id < t->n_vocab && (t->attr[id] & ATTR_USER_DEFINED);
+}
+
+uint64_t spud_tok_serial(const spud_tokenizer *t) { return t->serial; }
 
 const char *spud_tok_text(const spud_tokenizer *t, int32_t id, size_t *len) {
     if (id < 0 || id >= t->n_vocab) {
@@ -2349,10 +2361,11 @@ static bool is_c_space(uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r');
 /* Cut special tokens out of the text leftmost-longest (as Hugging Face's
  * added-token splitter and tiktoken do) and tokenize the raw text between
  * them. A token with lstrip/rstrip also takes the white space beside it.
- * With a taint mask, control and unknown tokens match only where none of
- * their bytes is tainted (user-defined ones match anywhere, as always). */
+ * With a taint mask, control and unknown tokens, and user-defined ones that
+ * structural marks, match only where none of their bytes is tainted (other
+ * user-defined ones match anywhere, as always). */
 static spud_status encode_text(const spud_tokenizer *t, scratch *s, const uint8_t *text, size_t len,
-                               bool parse_special, const uint8_t *taint) {
+                               bool parse_special, const uint8_t *taint, const uint8_t *structural) {
     const uint16_t special = parse_special ? ATTR_CONTROL | ATTR_UNKNOWN : 0;
     bool prev_special = true;
     spud_status st;
@@ -2373,7 +2386,8 @@ static spud_status encode_text(const spud_tokenizer *t, scratch *s, const uint8_
                 if (taint && taint[j]) clean = false;
                 uint16_t active = ATTR_USER_DEFINED | (clean ? special : 0);
                 int32_t id = t->node_id[node];
-                if (id >= 0 && (t->attr[id] & active)) best = id, best_len = j + 1 - i;
+                if (id >= 0 && (t->attr[id] & active) && (clean || !structural || !structural[id]))
+                    best = id, best_len = j + 1 - i;
             }
             if (best < 0) {
                 i++;
@@ -2397,7 +2411,8 @@ static spud_status encode_text(const spud_tokenizer *t, scratch *s, const uint8_
 }
 
 static spud_status encode(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
-                          bool parse_special, const uint8_t *taint, int32_t **ids, size_t *n_ids) {
+                          bool parse_special, const uint8_t *taint, const uint8_t *structural, int32_t **ids,
+                          size_t *n_ids) {
     scratch s;
     spud_status st = SPUD_OK;
     *ids = NULL;
@@ -2410,7 +2425,7 @@ static spud_status encode(const spud_tokenizer *t, const char *text, size_t len,
         int32_t first = t->kind == TOK_WPM ? t->cls : t->bos;
         if (first >= 0 && !push_id(&s, first)) goto oom;
     }
-    if ((st = encode_text(t, &s, (const uint8_t *)text, len, parse_special, taint))) goto fail;
+    if ((st = encode_text(t, &s, (const uint8_t *)text, len, parse_special, taint, structural))) goto fail;
     if (add_special && t->kind == TOK_WPM && t->add_sep && t->sep >= 0 && !push_id(&s, t->sep)) goto oom;
     if (add_special && t->add_eos && t->eos >= 0 && !push_id(&s, t->eos)) goto oom;
     *ids = s.ids;
@@ -2427,12 +2442,12 @@ fail:
 
 spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
                             bool parse_special, int32_t **ids, size_t *n_ids) {
-    return encode(t, text, len, add_special, parse_special, NULL, ids, n_ids);
+    return encode(t, text, len, add_special, parse_special, NULL, NULL, ids, n_ids);
 }
 
 spud_status spud_tok_encode_masked(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
-                                   const uint8_t *taint, int32_t **ids, size_t *n_ids) {
-    return encode(t, text, len, add_special, true, taint, ids, n_ids);
+                                   const uint8_t *taint, const uint8_t *structural, int32_t **ids, size_t *n_ids) {
+    return encode(t, text, len, add_special, true, taint, structural, ids, n_ids);
 }
 
 spud_status spud_tok_pre_tokenize(const spud_tokenizer *t, const char *text, size_t len,
@@ -2443,7 +2458,7 @@ spud_status spud_tok_pre_tokenize(const spud_tokenizer *t, const char *text, siz
     memset(&s, 0, sizeof s);
     s.collect = fn;
     s.collect_ud = ud;
-    spud_status st = encode_text(t, &s, (const uint8_t *)text, len, false, NULL);
+    spud_status st = encode_text(t, &s, (const uint8_t *)text, len, false, NULL, NULL);
     scratch_free(&s);
     return st;
 }

@@ -69,6 +69,13 @@ bool spud_tok_add_eos(const spud_tokenizer *t);
  * <|end|>, <end_of_turn>, <|endoftext|>, <|eom_id|> or <EOT>. */
 bool spud_tok_is_eog(const spud_tokenizer *t, int32_t id);
 bool spud_tok_is_control(const spud_tokenizer *t, int32_t id);
+/* An added token the vocabulary does not mark special (Qwen's "<think>",
+ * DeepSeek V3's "<｜User｜>"): cut out of any text, as Hugging Face does. */
+bool spud_tok_is_user_defined(const spud_tokenizer *t, int32_t id);
+/* A number no other tokenizer loaded in this process has: a key for caches
+ * of per-vocabulary data that must not mistake a new tokenizer at a freed
+ * one's address for the old one. */
+uint64_t spud_tok_serial(const spud_tokenizer *t);
 const char *spud_tok_model(const spud_tokenizer *t); /* "gpt2", "llama" or "bert" */
 const char *spud_tok_pre(const spud_tokenizer *t);   /* pre-tokenizer name; "default" if unnamed */
 /* The token's text as stored in the file (not decoded, NOT NUL-terminated);
@@ -101,11 +108,15 @@ spud_status spud_tok_encode(const spud_tokenizer *t, const char *text, size_t le
  * byte came from untrusted input (message content). A control or unknown
  * token is recognised only where none of its bytes is tainted; tainted text
  * is encoded as parse_special = false would encode it, so "<|im_start|>"
- * typed by a user stays plain text. User-defined tokens are cut out
- * everywhere, as always. What a chat prompt is tokenized with (see
- * spud_chat_tokenize). */
+ * typed by a user stays plain text. structural (NULL: none) holds one byte
+ * per token id, nonzero for user-defined tokens that are treated like
+ * control tokens here: the chat template writes them itself (DeepSeek V3's
+ * "<｜User｜>", see spud_chat_template_structural). Other user-defined tokens
+ * are cut out everywhere, as always. What a chat prompt is tokenized with
+ * (see spud_chat_tokenize). */
 spud_status spud_tok_encode_masked(const spud_tokenizer *t, const char *text, size_t len, bool add_special,
-                                   const uint8_t *taint, int32_t **ids, size_t *n_ids);
+                                   const uint8_t *taint, const uint8_t *structural, int32_t **ids,
+                                   size_t *n_ids);
 
 /* Call fn for each word the model step sees, in order, without encoding:
  * the pre-tokenizer's pieces ("gpt2", after UTF-8 repair and normalization),

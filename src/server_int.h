@@ -321,6 +321,9 @@ void srv_parse_feed(srv_gen *g, int32_t c, const char *text, size_t len, bool fi
 void srv_choice_free_parse(srv_choice *ch);
 /* The finish_reason of a chat choice: "tool_calls" when it ended with calls. */
 const char *srv_choice_finish(const srv_choice *ch);
+/* The choice's complete calls as a chat message's "tool_calls" array (id,
+ * type, function name and arguments), or NULL when it made none. */
+json_object *srv_choice_calls_json(const srv_choice *ch);
 
 /* ---- server_responses.c ---- */
 

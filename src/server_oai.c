@@ -573,19 +573,8 @@ json_object *srv_oai_final(srv_gen *g) {
             json_object_object_add(msg, "refusal", NULL);
             if (ch->reasoning.n)
                 json_object_object_add(msg, "reasoning_content", srv_json_string_lossy(ch->reasoning.p, ch->reasoning.n));
-            if (ch->n_calls) {
-                json_object *calls = json_object_new_array();
-                for (int32_t k = 0; k < ch->n_calls; k++) {
-                    json_object *tc = json_object_new_object(), *fn = json_object_new_object();
-                    json_object_object_add(tc, "id", json_object_new_string(ch->calls[k].id));
-                    json_object_object_add(tc, "type", json_object_new_string("function"));
-                    json_object_object_add(fn, "name", json_object_new_string(ch->calls[k].name));
-                    json_object_object_add(fn, "arguments", srv_json_string_lossy(ch->calls[k].args.p, ch->calls[k].args.n));
-                    json_object_object_add(tc, "function", fn);
-                    json_object_array_add(calls, tc);
-                }
-                json_object_object_add(msg, "tool_calls", calls);
-            }
+            if (ch->n_calls)
+                json_object_object_add(msg, "tool_calls", srv_choice_calls_json(ch));
             json_object_object_add(x, "message", msg);
             json_object *lp = NULL;
             if (g->logprobs) {

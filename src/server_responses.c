@@ -566,19 +566,8 @@ void srv_responses_store(srv_gen *g) {
     json_object *msg = json_object_new_object();
     json_object_object_add(msg, "role", json_object_new_string("assistant"));
     json_object_object_add(msg, "content", srv_json_string_lossy(t, n));
-    if (ch->n_calls) { /* as a chat message with tool_calls, so that function_call_output items follow it */
-        json_object *calls = json_object_new_array();
-        for (int32_t k = 0; k < ch->n_calls; k++) {
-            json_object *tc = json_object_new_object(), *fn = json_object_new_object();
-            json_object_object_add(tc, "id", json_object_new_string(ch->calls[k].id));
-            json_object_object_add(tc, "type", json_object_new_string("function"));
-            json_object_object_add(fn, "name", json_object_new_string(ch->calls[k].name));
-            json_object_object_add(fn, "arguments", srv_json_string_lossy(ch->calls[k].args.p, ch->calls[k].args.n));
-            json_object_object_add(tc, "function", fn);
-            json_object_array_add(calls, tc);
-        }
-        json_object_object_add(msg, "tool_calls", calls);
-    }
+    if (ch->n_calls) /* as a chat message with tool_calls, so that function_call_output items follow it */
+        json_object_object_add(msg, "tool_calls", srv_choice_calls_json(ch));
     e->messages = json_object_get(g->conv);
     json_object_array_add(e->messages, msg);
     e->response = response_now(g, true);

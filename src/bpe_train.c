@@ -1,6 +1,7 @@
 /* bpe_train.c: greedy byte-level BPE training on a small text (see bpe_train.h). */
 #include "bpe_train.h"
 #include "rng.h"
+#include "tokenizer.h"
 
 #include <stdbool.h>
 #include <string.h>
@@ -90,32 +91,6 @@ size_t spud_bpe_pre_split(const char *text, size_t n, spud_bpe_pre pre) {
     return pre == SPUD_BPE_PRE_QWEN2 ? split_qwen2(s, n) : split_gpt2(s, n);
 }
 
-/* ---- GPT-2 byte-to-unicode ---- */
-
-size_t spud_bpe_byte_to_utf8(uint8_t b, char buf[3]) {
-    /* Printable bytes ('!'..'~', 0xA1..0xAC, 0xAE..0xFF) keep their code point;
-     * the other 68 get U+0100 + their rank among the non-printable bytes. */
-    uint32_t cp;
-    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE) {
-        cp = b;
-    } else {
-        uint32_t rank = 0;
-        for (uint32_t c = 0; c < b; c++) {
-            bool printable = (c >= 0x21 && c <= 0x7E) || (c >= 0xA1 && c <= 0xAC) || c >= 0xAE;
-            if (!printable) rank++;
-        }
-        cp = 0x100 + rank;
-    }
-    if (cp < 0x80) {
-        buf[0] = (char)cp;
-        buf[1] = 0;
-        return 1;
-    }
-    buf[0] = (char)(0xC0 | (cp >> 6));
-    buf[1] = (char)(0x80 | (cp & 0x3F));
-    buf[2] = 0;
-    return 2;
-}
 
 /* ---- hashing ---- */
 
@@ -312,7 +287,7 @@ static spud_status build_output(const trainer *t, uint32_t n_merges, spud_bpe_vo
         if (!s) goto nomem;
         size_t n = 0;
         for (uint32_t j = 0; j < t->tok_len[id]; j++)
-            n += spud_bpe_byte_to_utf8(t->tok_bytes[t->tok_off[id] + j], s + n);
+            n += spud_tok_gpt2_byte_utf8(t->tok_bytes[t->tok_off[id] + j], s + n);
         s[n] = 0;
         out->tokens[id] = s;
     }

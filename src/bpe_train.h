@@ -45,10 +45,6 @@ void spud_bpe_vocab_free(spud_bpe_vocab *v);
 /* Length of the pre-split word that starts at text[0] (>= 1 when n >= 1). */
 size_t spud_bpe_pre_split(const char *text, size_t n, spud_bpe_pre pre);
 
-/* GPT-2's byte-to-unicode form of byte b as UTF-8 in buf (1 or 2 bytes, NUL-terminated);
- * returns its length. Printable bytes map to themselves, the rest to U+0100 and up. */
-size_t spud_bpe_byte_to_utf8(uint8_t b, char buf[3]);
-
 /* The built-in training text: a few KB of English prose (NUL-terminated, ASCII). */
 extern const char spud_bpe_default_text[];
 

@@ -308,6 +308,8 @@ static uint32_t gpt2_byte_cp(uint8_t b) {
     return b;
 }
 
+size_t spud_tok_gpt2_byte_utf8(uint8_t b, char out[2]) { return utf8_put(gpt2_byte_cp(b), out); }
+
 /* The byte a GPT-2 alphabet code point stands for, or -1. */
 static int gpt2_cp_byte(uint32_t cp) {
     if ((cp >= 0x21 && cp <= 0x7E) || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE && cp <= 0xFF))

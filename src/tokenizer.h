@@ -165,4 +165,9 @@ size_t spud_detok_push(spud_detok *d, const spud_tokenizer *t, int32_t id, char 
 /* End of stream: a held-back incomplete character becomes U+FFFD (<= 3 bytes). */
 size_t spud_detok_flush(spud_detok *d, char *out, size_t cap);
 
+/* GPT-2's byte-to-unicode form of byte b (printable Latin-1 bytes stand for
+ * themselves, the other 68 for U+0100..) as UTF-8 in out, not NUL-terminated;
+ * returns its length, 1 or 2. Byte-level BPE vocabularies spell tokens so. */
+size_t spud_tok_gpt2_byte_utf8(uint8_t b, char out[2]);
+
 #endif

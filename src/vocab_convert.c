@@ -7,6 +7,7 @@
  * parsing, merges recovered from ranks, encodings' special tokens); writing.
  */
 #include "vocab_convert.h"
+#include "tokenizer.h"
 
 #include <json-c/json.h>
 #include <stdio.h>
@@ -735,27 +736,11 @@ static spud_status parse_ranks(const char *s, size_t n, bool npm, rank_table *r)
     return SPUD_OK;
 }
 
-/* GPT-2's byte-to-unicode alphabet: printable Latin-1 bytes stand for
- * themselves; the other 68 map to U+0100.. in byte order. */
-static size_t gpt2_char(uint8_t b, char *out) {
-    uint32_t cp = b;
-    if (b <= 0x20) cp = 256u + b;
-    else if (b >= 0x7F && b <= 0xA0) cp = b + 162u;
-    else if (b == 0xAD) cp = 323;
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    out[0] = (char)(0xC0 | cp >> 6);
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
-}
-
 static char *gpt2_text(const char *b, size_t n, size_t *out_n) {
     char *t = spud_malloc(2 * n + 1);
     if (!t) return NULL;
     size_t o = 0;
-    for (size_t i = 0; i < n; i++) o += gpt2_char((uint8_t)b[i], t + o);
+    for (size_t i = 0; i < n; i++) o += spud_tok_gpt2_byte_utf8((uint8_t)b[i], t + o);
     t[o] = 0;
     *out_n = o;
     return t;

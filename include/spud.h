@@ -101,8 +101,8 @@ spud_status spud_ctx_new_multi(const spud_model *m, uint32_t n_ctx, uint32_t n_s
  * SPUD_KV_TYPE=f32|f16|q8_0 overrides AUTO. f16 halves the cache's memory and
  * the bandwidth attention needs; Q8_0 (int8 and one scale per position and
  * head, queries rounded to int8 for the scores) halves it again at the cost
- * of about 0.5% error per cached value (CPUs without AVX-512 VNNI get F16
- * instead; spud_ctx_kv_bytes_per_token tells which). */
+ * of about 0.5% error per cached value (a kernel set without a Q8_0
+ * attention path gets F16 instead; spud_ctx_kv_bytes_per_token tells which). */
 typedef enum { SPUD_KV_AUTO = 0, SPUD_KV_F32, SPUD_KV_F16, SPUD_KV_Q8_0 } spud_kv_type;
 typedef struct {
     uint32_t n_ctx; /* positions per sequence (0: the training context) */

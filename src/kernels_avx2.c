@@ -928,19 +928,94 @@ void spud_swiglu_f32_avx2(float *g, const float *u, int64_t n) {
 
 #define ATTN_PREFETCH 2
 
-static inline __m256 load_kv8(const void *base, size_t i, const bool f16) {
-    if (f16) return _mm256_cvtph_ps(LOADU128((const spud_f16 *)base + i));
+/* Cache element kinds: 0 f32, 1 f16, 2 q8_0. */
+enum { KV_F32, KV_F16, KV_Q8 };
+
+/* Bytes per position of K (and of V). */
+static inline size_t kv_pos_bytes(const int kind, int hd) {
+    return kind == KV_Q8 ? (size_t)hd + 4 : (size_t)hd * (kind == KV_F16 ? 2 : 4);
+}
+
+static inline __m256 load_kv8(const void *base, size_t i, const int kind) {
+    if (kind == KV_F16) return _mm256_cvtph_ps(LOADU128((const spud_f16 *)base + i));
     return _mm256_loadu_ps((const float *)base + i);
 }
 
-static inline __attribute__((always_inline)) void attn_impl_avx2(const bool f16, int hd, int nq, const float *q,
+/* Scores of 4 queries x the 16 positions of one K tile from a float cache. */
+static inline __attribute__((always_inline)) void attn_qk16_float(const char *kb, int hd, const int kind,
+                                                                const float *const *qg, __m256 s[4][2]) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) s[j][0] = s[j][1] = _mm256_setzero_ps();
+    for (int i = 0; i < hd; i++) {
+        const __m256 k0 = load_kv8(kb, (size_t)i * SPUD_KV_TILE, kind);
+        const __m256 k1 = load_kv8(kb, (size_t)i * SPUD_KV_TILE + 8, kind);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256 qb = _mm256_broadcast_ss(&qg[j][i]);
+            s[j][0] = _mm256_fmadd_ps(qb, k0, s[j][0]);
+            s[j][1] = _mm256_fmadd_ps(qb, k1, s[j][1]);
+        }
+    }
+}
+
+/* Scores of 4 int8 queries (scales dq) x the 16 positions of one q8_0 K tile,
+ * 4 dimensions of 8 positions per load: K - 128 as signed bytes (xor 0x80),
+ * then maddubs(|k|, q with k's sign) + madd. No pair can saturate: |k| <= 128
+ * (a byte 0 past the last position reads as -128) and |q| <= 127, so a pair
+ * is at most 2 * 128 * 127 = 32512. The int32 sums are exact; then times dq
+ * and each position's K scale. */
+static inline __attribute__((always_inline)) void attn_qk16_q8(const char *kb, int hd, const int8_t *const *qg,
+                                                             const float *dq, __m256 s[4][2]) {
+    const __m256i flip = _mm256_set1_epi8(-128), ones = _mm256_set1_epi16(1);
+    __m256i acc[4][2];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm256_setzero_si256();
+    for (int i4 = 0; i4 < hd / 4; i4++) {
+        const __m256i k0 = _mm256_xor_si256(LOADU256(kb + (size_t)i4 * 64), flip);
+        const __m256i k1 = _mm256_xor_si256(LOADU256(kb + (size_t)i4 * 64 + 32), flip);
+        const __m256i a0 = _mm256_abs_epi8(k0), a1 = _mm256_abs_epi8(k1);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i qb = _mm256_set1_epi32(load_i32(qg[j] + 4 * i4));
+            acc[j][0] = _mm256_add_epi32(acc[j][0],
+                                         _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(qb, k0)), ones));
+            acc[j][1] = _mm256_add_epi32(acc[j][1],
+                                         _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(qb, k1)), ones));
+        }
+    }
+    const float *dk = (const float *)(const void *)(kb + (size_t)hd * SPUD_KV_TILE);
+    const __m256 dk0 = _mm256_loadu_ps(dk), dk1 = _mm256_loadu_ps(dk + 8);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const __m256 d = _mm256_set1_ps(dq[j]);
+        s[j][0] = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[j][0]), _mm256_mul_ps(dk0, d));
+        s[j][1] = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[j][1]), _mm256_mul_ps(dk1, d));
+    }
+}
+
+/* 16 dimensions from d0 of V row t (q8_0: the int8 values; the row's scale
+ * is already in the probability). */
+static inline void load_v16(const char *vr, int d0, const int kind, __m256 *v0, __m256 *v1) {
+    if (kind == KV_Q8) {
+        const __m128i b = LOADU128(vr + d0);
+        *v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+        *v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+    } else {
+        *v0 = load_kv8(vr, (size_t)d0, kind);
+        *v1 = load_kv8(vr, (size_t)d0 + 8, kind);
+    }
+}
+
+static inline __attribute__((always_inline)) void attn_impl_avx2(const int kind, int hd, int nq, const float *q,
                                                                const int32_t *last, const void *k, const void *v,
                                                                float *out, float *work) {
-    float *O = work;                                /* SPUD_ATTN_MAX_Q x hd */
-    float *P = work + (size_t)SPUD_ATTN_MAX_Q * hd; /* 4 x SPUD_ATTN_SPAN */
-    float m[SPUD_ATTN_MAX_Q], l[SPUD_ATTN_MAX_Q];
+    float *O = work;                                  /* SPUD_ATTN_MAX_Q x hd */
+    float *P = work + (size_t)SPUD_ATTN_MAX_Q * hd;   /* 4 x SPUD_ATTN_SPAN */
+    int8_t *qi8 = (int8_t *)(P + 4 * SPUD_ATTN_SPAN); /* q8_0: SPUD_ATTN_MAX_Q x hd int8 queries */
+    float m[SPUD_ATTN_MAX_Q], l[SPUD_ATTN_MAX_Q], dq[SPUD_ATTN_MAX_Q];
     int32_t lim[SPUD_ATTN_MAX_Q];
     const float *qp[SPUD_ATTN_MAX_Q];
+    const int8_t *qq[SPUD_ATTN_MAX_Q];
     const int ng = (nq + 3) / 4;
     int32_t n_kv = 0;
     for (int j = 0; j < 4 * ng; j++) {
@@ -951,38 +1026,42 @@ static inline __attribute__((always_inline)) void attn_impl_avx2(const bool f16,
         m[j] = -INFINITY;
         l[j] = 0.f;
         memset(O + (size_t)j * hd, 0, (size_t)hd * sizeof(float));
+        if (kind == KV_Q8) {
+            int8_t *qj = qi8 + (size_t)j * hd;
+            dq[j] = spud_kv_q8_quantize(qp[j], hd, qj);
+            qq[j] = qj;
+        }
     }
-    const size_t es = f16 ? 2 : 4;
+    const size_t row = kv_pos_bytes(kind, hd);
     const __m256 iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     for (int t0 = 0; t0 < n_kv; t0 += SPUD_ATTN_SPAN) {
         const int tn = n_kv - t0 < SPUD_ATTN_SPAN ? n_kv - t0 : SPUD_ATTN_SPAN;
-        const char *kt = (const char *)k + (size_t)t0 * hd * es;
+        const char *kt = (const char *)k + (size_t)t0 * row;
         {
-            const char *pk = kt + (size_t)ATTN_PREFETCH * SPUD_ATTN_SPAN * hd * es;
-            const char *pv = (const char *)v + ((size_t)t0 + ATTN_PREFETCH * SPUD_ATTN_SPAN) * hd * es;
-            for (size_t off = 0; off < SPUD_ATTN_SPAN * (size_t)hd * es; off += 64) {
+            const char *pk = kt + (size_t)ATTN_PREFETCH * SPUD_ATTN_SPAN * row;
+            const char *pv = (const char *)v + ((size_t)t0 + ATTN_PREFETCH * SPUD_ATTN_SPAN) * row;
+            for (size_t off = 0; off < SPUD_ATTN_SPAN * row; off += 64) {
                 _mm_prefetch(pk + off, _MM_HINT_T0);
                 _mm_prefetch(pv + off, _MM_HINT_T0);
             }
         }
+        /* q8_0: V's row scales, 0 past the tile (its padding may be NaN) */
+        float dv[SPUD_ATTN_SPAN];
+        if (kind == KV_Q8)
+            for (int t = 0; t < SPUD_ATTN_SPAN; t++) {
+                dv[t] = 0.f;
+                if (t < tn) memcpy(&dv[t], (const char *)v + (size_t)(t0 + t) * row + hd, 4);
+            }
         for (int gi = 0; gi < ng; gi++) {
             const float *const *qg = qp + 4 * gi;
             float corr[4];
             for (int b = 0; b < 4; b++) { /* scores of positions t0 + 16b .. + 15 into P */
-                const char *kb = kt + (size_t)b * SPUD_KV_TILE * hd * es;
+                const char *kb = kt + (size_t)b * SPUD_KV_TILE * row;
                 __m256 s[4][2];
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) s[j][0] = s[j][1] = _mm256_setzero_ps();
-                for (int i = 0; i < hd; i++) {
-                    const __m256 k0 = load_kv8(kb, (size_t)i * SPUD_KV_TILE, f16);
-                    const __m256 k1 = load_kv8(kb, (size_t)i * SPUD_KV_TILE + 8, f16);
-#pragma GCC unroll 4
-                    for (int j = 0; j < 4; j++) {
-                        const __m256 qb = _mm256_broadcast_ss(&qg[j][i]);
-                        s[j][0] = _mm256_fmadd_ps(qb, k0, s[j][0]);
-                        s[j][1] = _mm256_fmadd_ps(qb, k1, s[j][1]);
-                    }
-                }
+                if (kind == KV_Q8)
+                    attn_qk16_q8(kb, hd, qq + 4 * gi, dq + 4 * gi, s);
+                else
+                    attn_qk16_float(kb, hd, kind, qg, s);
 #pragma GCC unroll 4
                 for (int j = 0; j < 4; j++) {
                     /* positions past last[j] get -inf */
@@ -1006,8 +1085,9 @@ static inline __attribute__((always_inline)) void attn_impl_avx2(const bool f16,
                 const __m256 vm = _mm256_set1_ps(mnew);
                 __m256 sum = _mm256_setzero_ps();
                 for (int e = 0; e < SPUD_ATTN_SPAN; e += 8) {
-                    const __m256 p = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(pj + e), vm));
+                    __m256 p = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(pj + e), vm));
                     sum = _mm256_add_ps(sum, p);
+                    if (kind == KV_Q8) p = _mm256_mul_ps(p, _mm256_loadu_ps(dv + e)); /* V's row scales */
                     _mm256_storeu_ps(pj + e, p);
                 }
                 l[jq] = l[jq] * corr[j] + hsum_ps(sum);
@@ -1023,8 +1103,8 @@ static inline __attribute__((always_inline)) void attn_impl_avx2(const bool f16,
                     o[j][1] = _mm256_mul_ps(_mm256_loadu_ps(Og + (size_t)j * hd + d0 + 8), c);
                 }
                 for (int t = 0; t < tn; t++) {
-                    const __m256 v0 = load_kv8(v, (size_t)(t0 + t) * hd + d0, f16);
-                    const __m256 v1 = load_kv8(v, (size_t)(t0 + t) * hd + d0 + 8, f16);
+                    __m256 v0, v1;
+                    load_v16((const char *)v + (size_t)(t0 + t) * row, d0, kind, &v0, &v1);
 #pragma GCC unroll 4
                     for (int j = 0; j < 4; j++) {
                         const __m256 pb = _mm256_broadcast_ss(&P[j * SPUD_ATTN_SPAN + t]);
@@ -1049,14 +1129,17 @@ static inline __attribute__((always_inline)) void attn_impl_avx2(const bool f16,
 
 void spud_attn_avx2(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
                     const void *v, float *out, float *work) {
-    if (hd % 16 || nq < 1 || nq > SPUD_ATTN_MAX_Q || (kv_type != SPUD_TYPE_F16 && kv_type != SPUD_TYPE_F32)) {
+    if (hd % 16 || nq < 1 || nq > SPUD_ATTN_MAX_Q ||
+        (kv_type != SPUD_TYPE_F16 && kv_type != SPUD_TYPE_F32 && kv_type != SPUD_TYPE_Q8_0)) {
         spud_attn_ref(hd, nq, q, last, kv_type, k, v, out, work);
         return;
     }
     if (kv_type == SPUD_TYPE_F16)
-        attn_impl_avx2(true, hd, nq, q, last, k, v, out, work);
+        attn_impl_avx2(KV_F16, hd, nq, q, last, k, v, out, work);
+    else if (kv_type == SPUD_TYPE_Q8_0)
+        attn_impl_avx2(KV_Q8, hd, nq, q, last, k, v, out, work);
     else
-        attn_impl_avx2(false, hd, nq, q, last, k, v, out, work);
+        attn_impl_avx2(KV_F32, hd, nq, q, last, k, v, out, work);
 }
 
 /* ---- small-batch products (decode of a few sequences) ----
@@ -1227,6 +1310,7 @@ const spud_kernel_set spud_kernels_avx2 = {
     .dot_f32 = spud_dot_f32_avx2,
     .axpy_f32 = spud_axpy_f32_avx2,
     .attn = spud_attn_avx2,
+    .attn_q8 = true,
     .gemm = {
         [SPUD_TYPE_Q4_0] = spud_gemm_q4_0_avx2,
         [SPUD_TYPE_Q8_0] = spud_gemm_q8_0_avx2,

@@ -48,10 +48,15 @@ static inline __mmask16 tail_mask16(int64_t left) {
  * row being read (measured on Zen 5: about 8 KB turns ~32 GB/s into ~38 GB/s
  * single-threaded; the hardware prefetcher alone starts too late). Prefetches
  * never fault, so running past the end of a row or tensor is harmless. */
+#ifndef PREFETCH_AHEAD
 #define PREFETCH_AHEAD 8192
+#endif
+#ifndef PREFETCH_HINT
+#define PREFETCH_HINT _MM_HINT_T0
+#endif
 
 static inline void prefetch_weights(const void *p, int bytes) {
-    for (int off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + PREFETCH_AHEAD + off, _MM_HINT_T0);
+    for (int off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + PREFETCH_AHEAD + off, PREFETCH_HINT);
 }
 
 /* Elements of size `elem` before p reaches a 64-byte boundary (so the main
@@ -850,12 +855,113 @@ typedef void (*pack_fn)(const void *w, size_t rb, int nr, int64_t k0, int kc, ui
 
 #define PANEL_BYTES (GEMM_KC / 16 * (16 * 16 + 64)) /* the largest: gs 16 */
 
-static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int gs, const bool mins, int64_t k,
-                                                       const void *w, size_t rb, int nr, const spud_gemm_x *x,
-                                                       int nc, float *y, size_t ldy) {
+/* ---- AMX int8 tiles (Sapphire Rapids and later) ----
+ *
+ * The same panels, and the same arithmetic, with the integer products done by
+ * the tile unit. A panel group's gs/4 zmm of values are, byte for byte, the B
+ * tile TDPB* expects (gs/4 rows, each 4 consecutive elements of the 16 weight
+ * rows: the "VNNI" layout), so packing is shared. The A tile is 16 activation
+ * rows x gs bytes of one group, loaded straight from spud_gemm_x. TDPBSUD
+ * (signed activations, unsigned weights) leaves each group's integer sum per
+ * (activation row, weight row) in a C tile; stored to L1, it gets the AVX-512
+ * micro-tile's epilogue unchanged (+ aux, convert, times dw * dx, summed over
+ * groups in float), so the results are bit-identical to spud_gemm_*_avx512.
+ * Groups go in pairs on two sets of tiles so that one pair's products run
+ * while the other's epilogue does. Activation rows past the last full 16 go
+ * through the AVX-512 micro-tiles. Tiles: 0 and 4 A, 1 and 5 B, 2 and 3 C. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+static void amx_configure(int gs) {
+    _Alignas(64) amx_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 6; t++) {
+        const bool a = t == 0 || t == 4, b = t == 1 || t == 5;
+        c.colsb[t] = (uint16_t)(a ? gs : 64);
+        c.rows[t] = (uint8_t)(b ? gs / 4 : 16);
+    }
+    _tile_loadconfig(&c);
+}
+
+/* f[c] += one group's C tile (at cb) scaled, as gemm_tile does for one group. */
+static inline __attribute__((always_inline)) void amx_epilogue(const int32_t *cb, const uint8_t *pg, const int gs,
+                                                             const bool mins, const float *dx, const float *aux,
+                                                             size_t s_stride, __m512 f[16]) {
+    const __m512 S = _mm512_load_ps((const float *)(const void *)(pg + gs * 16));
+    const __m512 M = mins ? _mm512_load_ps((const float *)(const void *)(pg + gs * 16 + 64)) : S;
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; c++) {
+        const size_t si = (size_t)c * s_stride;
+        __m512i acc = _mm512_load_si512(cb + 16 * c);
+        if (!mins) acc = _mm512_add_epi32(acc, _mm512_set1_epi32(load_i32(aux + si)));
+        f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(S, _mm512_set1_ps(dx[si])), f[c]);
+        if (mins) f[c] = _mm512_fnmadd_ps(M, _mm512_set1_ps(aux[si]), f[c]);
+    }
+}
+
+/* Activation rows [0, nc16) (a multiple of 16) against one packed chunk. */
+static inline __attribute__((always_inline)) void amx_chunk(const uint8_t *panel, int kc, const int gs, const bool mins,
+                                                          int64_t k, int64_t k0, const spud_gemm_x *x, int nc16,
+                                                          float *y, size_t ldy, int nr) {
+    const int ng = kc / gs;
+    const int64_t ng_all = k / gs;
+    const size_t gb = panel_group_bytes(gs, mins);
+    const __mmask16 rmask = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    _Alignas(64) int32_t cb[2][256];
+    for (int c0 = 0; c0 < nc16; c0 += 16) {
+        const int8_t *xq = (const int8_t *)x->x + (size_t)c0 * x->x_stride + k0;
+        const float *dx = x->s + (size_t)c0 * x->s_stride + k0 / gs;
+        const float *aux = dx + ng_all;
+        float *yc = y + (size_t)c0 * ldy;
+        __m512 f[16];
+#pragma GCC unroll 16
+        for (int c = 0; c < 16; c++) f[c] = k0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rmask, yc + c * ldy);
+        int g = 0;
+        for (; g + 2 <= ng; g += 2) {
+            _tile_zero(2);
+            _tile_loadd(0, xq + (size_t)g * gs, (long)x->x_stride);
+            _tile_loadd(1, panel + (size_t)g * gb, 64);
+            _tile_dpbsud(2, 0, 1);
+            _tile_zero(3);
+            _tile_loadd(4, xq + (size_t)(g + 1) * gs, (long)x->x_stride);
+            _tile_loadd(5, panel + (size_t)(g + 1) * gb, 64);
+            _tile_dpbsud(3, 4, 5);
+            _tile_stored(2, cb[0], 64);
+            amx_epilogue(cb[0], panel + (size_t)g * gb, gs, mins, dx + g, aux + g, x->s_stride, f);
+            _tile_stored(3, cb[1], 64);
+            amx_epilogue(cb[1], panel + (size_t)(g + 1) * gb, gs, mins, dx + g + 1, aux + g + 1, x->s_stride, f);
+        }
+        if (g < ng) {
+            _tile_zero(2);
+            _tile_loadd(0, xq + (size_t)g * gs, (long)x->x_stride);
+            _tile_loadd(1, panel + (size_t)g * gb, 64);
+            _tile_dpbsud(2, 0, 1);
+            _tile_stored(2, cb[0], 64);
+            amx_epilogue(cb[0], panel + (size_t)g * gb, gs, mins, dx + g, aux + g, x->s_stride, f);
+        }
+#pragma GCC unroll 16
+        for (int c = 0; c < 16; c++) _mm512_mask_storeu_ps(yc + c * ldy, rmask, f[c]);
+    }
+}
+
+/* amx: the tile unit takes activation rows 16 at a time (the caller checked
+ * that this CPU has it and that Linux granted the tile state). */
+static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int gs, const bool mins, const bool amx,
+                                                       int64_t k, const void *w, size_t rb, int nr,
+                                                       const spud_gemm_x *x, int nc, float *y, size_t ldy) {
     _Alignas(64) uint8_t vals[GEMM_ROWS * GEMM_KC];
     _Alignas(64) uint8_t panel[PANEL_BYTES];
     const size_t chunk_bytes = rb / (size_t)(k / GEMM_KC > 0 ? k / GEMM_KC : 1) + 64;
+    const int nc16 = amx ? nc & ~15 : 0;
+    const spud_gemm_x rest = {.x = (const int8_t *)x->x + (size_t)nc16 * x->x_stride,
+                              .x_stride = x->x_stride,
+                              .s = x->s + (size_t)nc16 * x->s_stride,
+                              .s_stride = x->s_stride};
+    if (nc16) amx_configure(gs);
     for (int64_t k0 = 0; k0 < k; k0 += GEMM_KC) {
         const int kc = (int)(k - k0 < GEMM_KC ? k - k0 : GEMM_KC);
         /* the rows' next chunk (and the next panel's first, at the last
@@ -867,28 +973,50 @@ static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int
             for (size_t off = 0; off < chunk_bytes; off += 64) _mm_prefetch(next + (size_t)r * rb + off, _MM_HINT_T0);
         pack(w, rb, nr, k0, kc, vals, panel);
         panel_transpose(vals, kc, gs, mins, panel);
-        gemm_chunk(panel, kc, gs, mins, k, k0, x, nc, y, ldy, nr);
+        if (nc16) amx_chunk(panel, kc, gs, mins, k, k0, x, nc16, y, ldy, nr);
+        if (nc > nc16) gemm_chunk(panel, kc, gs, mins, k, k0, &rest, nc - nc16, y + (size_t)nc16 * ldy, ldy, nr);
     }
+    if (nc16) _tile_release();
 }
 
 void spud_gemm_q4_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    gemm_q(pack_q4_0, 32, false, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q4_0, 32, false, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q4_0_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                        size_t ldy) {
+    gemm_q(pack_q4_0, 32, false, true, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q8_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    gemm_q(pack_q8_0, 32, false, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q8_0, 32, false, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q8_0_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                        size_t ldy) {
+    gemm_q(pack_q8_0, 32, false, true, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q4_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    gemm_q(pack_q4_K, 32, true, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q4_K, 32, true, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q4_K_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                        size_t ldy) {
+    gemm_q(pack_q4_K, 32, true, true, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q6_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    gemm_q(pack_q6_K, 16, false, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q6_K, 16, false, false, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_gemm_q6_K_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                        size_t ldy) {
+    gemm_q(pack_q6_K, 16, false, true, k, w, rb, nr, x, nc, y, ldy);
 }
 
 /* ---- small-batch products (decode of a few sequences) ----
@@ -972,7 +1100,7 @@ static inline __attribute__((always_inline)) void mdot_q8_row(const bool q4, int
     for (; i + 16 <= b1; i += 16) {
         __m512 dw;
         __m512i wq[8], z[4];
-        for (size_t off = 0; off < 16 * bs; off += 64) _mm_prefetch(pf + (size_t)(i - b0) * bs + off, _MM_HINT_T0);
+        for (size_t off = 0; off < 16 * bs; off += 64) _mm_prefetch(pf + (size_t)(i - b0) * bs + off, PREFETCH_HINT);
         if (q4) {
             dw = _mm512_permutexvar_ps(lane_block, _mm512_cvtph_ps(d16_stride18(&a4[i])));
             __m512i v[4];
@@ -1082,7 +1210,7 @@ static inline __attribute__((always_inline)) void mdot_q4_K_row(int64_t nb, cons
     int64_t i = b0;
     for (; i + 4 <= b1; i += 4) {
         for (size_t off = 0; off < 4 * sizeof(block_q4_K); off += 64)
-            _mm_prefetch(pf + (size_t)(i - b0) * sizeof(block_q4_K) + off, _MM_HINT_T0);
+            _mm_prefetch(pf + (size_t)(i - b0) * sizeof(block_q4_K) + off, PREFETCH_HINT);
         __m512i z[8], v[8];
 #pragma GCC unroll 8
         for (int t = 0; t < 8; t++)
@@ -1190,7 +1318,7 @@ static inline __attribute__((always_inline)) void mdot_q6_K_row(int64_t nb, cons
     }
     for (int64_t i = b0; i < b1; i++) {
         for (size_t off = 0; off < sizeof(block_q6_K); off += 64)
-            _mm_prefetch(pf + (size_t)(i - b0) * sizeof(block_q6_K) + off, _MM_HINT_T0);
+            _mm_prefetch(pf + (size_t)(i - b0) * sizeof(block_q6_K) + off, PREFETCH_HINT);
         const __m128i sc8 = LOADU128(a[i].scales);
         const __m512i sc512 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8)); /* vpermw reads lanes 0-15 */
         const __m512i sc32 = _mm512_cvtepi8_epi32(sc8);
@@ -1643,57 +1771,63 @@ void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_
         attn_impl(KV_F32, hd, nq, q, last, k, v, out, work);
 }
 
-const spud_kernel_set spud_kernels_avx512 = {
-    .name = "avx512",
-    .vec_dot = {
-        [SPUD_TYPE_F32] = spud_vec_dot_f32_avx512,
-        [SPUD_TYPE_F16] = spud_vec_dot_f16_avx512,
-        [SPUD_TYPE_BF16] = spud_vec_dot_bf16_avx512,
-        [SPUD_TYPE_Q4_0] = spud_vec_dot_q4_0_q8_0_avx512,
-        [SPUD_TYPE_Q8_0] = spud_vec_dot_q8_0_q8_0_avx512,
-        [SPUD_TYPE_Q4_K] = spud_vec_dot_q4_K_q8_K_avx512,
-        [SPUD_TYPE_Q6_K] = spud_vec_dot_q6_K_q8_K_avx512,
-    },
-    .to_float = {
-        [SPUD_TYPE_F16] = spud_dequant_f16_avx512,
-        [SPUD_TYPE_BF16] = spud_dequant_bf16_avx512,
-        [SPUD_TYPE_Q4_0] = spud_dequant_q4_0_avx512,
-        [SPUD_TYPE_Q8_0] = spud_dequant_q8_0_avx512,
-        [SPUD_TYPE_Q4_K] = spud_dequant_q4_K_avx512,
-        [SPUD_TYPE_Q6_K] = spud_dequant_q6_K_avx512,
-    },
-    .from_float = {
-        [SPUD_TYPE_Q8_0] = spud_quant_q8_0_avx512,
-        [SPUD_TYPE_Q8_K] = spud_quant_q8_K_avx512,
-    },
-    .gemm = {
-        [SPUD_TYPE_Q4_0] = spud_gemm_q4_0_avx512,
-        [SPUD_TYPE_Q8_0] = spud_gemm_q8_0_avx512,
-        [SPUD_TYPE_Q4_K] = spud_gemm_q4_K_avx512,
-        [SPUD_TYPE_Q6_K] = spud_gemm_q6_K_avx512,
-        [SPUD_TYPE_F32] = spud_gemm_f32_avx512,
-        [SPUD_TYPE_F16] = spud_gemm_f16_avx512,
-        [SPUD_TYPE_BF16] = spud_gemm_bf16_avx512,
-    },
-    .gemm_rows = GEMM_ROWS,
-    .mdot = {
-        [SPUD_TYPE_Q4_0] = spud_mdot_q4_0_avx512,
-        [SPUD_TYPE_Q8_0] = spud_mdot_q8_0_avx512,
-        [SPUD_TYPE_Q4_K] = spud_mdot_q4_K_avx512,
-        [SPUD_TYPE_Q6_K] = spud_mdot_q6_K_avx512,
-    },
-    /* single thread, weights from memory, Zen 5, busy machine, mdot vs gemm:
-     * q4_0 2048 x 131072 at 16 rows 26.5 vs 31.5 ms, at 24 rows 57.5 vs 37.8;
-     * q4_K 8192 x 8192 at 8 rows 3.6 vs 4.5, at 10 rows 4.2 vs 5.2 (2048-long
-     * rows at 16: 16.9 vs 15.8); q6_K 8192 x 8192 at 6 rows 4.2 vs 4.6, at 7
-     * rows 5.1 vs 4.7, but 2048 x 65536 at 8 rows 12.8 vs 12.8, and in the
-     * Q4_K_M model (its q6_K output matrix has 2048-long rows) 8 rows decode
-     * faster with the q6_K mdot (spud bench --batch 8: 173-208 vs 87-172 tok/s
-     * in 4 interleaved runs) */
-    .mdot_max = {[SPUD_TYPE_Q4_0] = 16, [SPUD_TYPE_Q8_0] = 16, [SPUD_TYPE_Q4_K] = 8, [SPUD_TYPE_Q6_K] = 8},
-    .dot_f32 = spud_dot_f32_avx512,
-    .axpy_f32 = spud_axpy_f32_avx512,
-    .attn = spud_attn_avx512,
-    .attn_q8 = true,
-    .swiglu_f32 = spud_swiglu_f32_avx512,
-};
+/* The AVX-512 set and the AMX set differ only in the quantized gemm kernels. */
+#define AVX512_SET(NAME, GEMM)                                                                                         \
+    {                                                                                                                  \
+    .name = NAME,                                                                                                      \
+    .vec_dot = {                                                                                                       \
+        [SPUD_TYPE_F32] = spud_vec_dot_f32_avx512,                                                                     \
+        [SPUD_TYPE_F16] = spud_vec_dot_f16_avx512,                                                                     \
+        [SPUD_TYPE_BF16] = spud_vec_dot_bf16_avx512,                                                                   \
+        [SPUD_TYPE_Q4_0] = spud_vec_dot_q4_0_q8_0_avx512,                                                              \
+        [SPUD_TYPE_Q8_0] = spud_vec_dot_q8_0_q8_0_avx512,                                                              \
+        [SPUD_TYPE_Q4_K] = spud_vec_dot_q4_K_q8_K_avx512,                                                              \
+        [SPUD_TYPE_Q6_K] = spud_vec_dot_q6_K_q8_K_avx512,                                                              \
+    },                                                                                                                 \
+    .to_float = {                                                                                                      \
+        [SPUD_TYPE_F16] = spud_dequant_f16_avx512,                                                                     \
+        [SPUD_TYPE_BF16] = spud_dequant_bf16_avx512,                                                                   \
+        [SPUD_TYPE_Q4_0] = spud_dequant_q4_0_avx512,                                                                   \
+        [SPUD_TYPE_Q8_0] = spud_dequant_q8_0_avx512,                                                                   \
+        [SPUD_TYPE_Q4_K] = spud_dequant_q4_K_avx512,                                                                   \
+        [SPUD_TYPE_Q6_K] = spud_dequant_q6_K_avx512,                                                                   \
+    },                                                                                                                 \
+    .from_float = {                                                                                                    \
+        [SPUD_TYPE_Q8_0] = spud_quant_q8_0_avx512,                                                                     \
+        [SPUD_TYPE_Q8_K] = spud_quant_q8_K_avx512,                                                                     \
+    },                                                                                                                 \
+    .gemm = {                                                                                                          \
+        [SPUD_TYPE_Q4_0] = spud_gemm_q4_0_##GEMM,                                                                      \
+        [SPUD_TYPE_Q8_0] = spud_gemm_q8_0_##GEMM,                                                                      \
+        [SPUD_TYPE_Q4_K] = spud_gemm_q4_K_##GEMM,                                                                      \
+        [SPUD_TYPE_Q6_K] = spud_gemm_q6_K_##GEMM,                                                                      \
+        [SPUD_TYPE_F32] = spud_gemm_f32_avx512,                                                                        \
+        [SPUD_TYPE_F16] = spud_gemm_f16_avx512,                                                                        \
+        [SPUD_TYPE_BF16] = spud_gemm_bf16_avx512,                                                                      \
+    },                                                                                                                 \
+    .gemm_rows = GEMM_ROWS,                                                                                            \
+    .mdot = {                                                                                                          \
+        [SPUD_TYPE_Q4_0] = spud_mdot_q4_0_avx512,                                                                      \
+        [SPUD_TYPE_Q8_0] = spud_mdot_q8_0_avx512,                                                                      \
+        [SPUD_TYPE_Q4_K] = spud_mdot_q4_K_avx512,                                                                      \
+        [SPUD_TYPE_Q6_K] = spud_mdot_q6_K_avx512,                                                                      \
+    },                                                                                                                 \
+    /* single thread, weights from memory, Zen 5, busy machine, mdot vs gemm:                                          \
+     * q4_0 2048 x 131072 at 16 rows 26.5 vs 31.5 ms, at 24 rows 57.5 vs 37.8;                                         \
+     * q4_K 8192 x 8192 at 8 rows 3.6 vs 4.5, at 10 rows 4.2 vs 5.2 (2048-long                                         \
+     * rows at 16: 16.9 vs 15.8); q6_K 8192 x 8192 at 6 rows 4.2 vs 4.6, at 7                                          \
+     * rows 5.1 vs 4.7, but 2048 x 65536 at 8 rows 12.8 vs 12.8, and in the                                            \
+     * Q4_K_M model (its q6_K output matrix has 2048-long rows) 8 rows decode                                          \
+     * faster with the q6_K mdot (spud bench --batch 8: 173-208 vs 87-172 tok/s                                        \
+     * in 4 interleaved runs) */                                                                                       \
+    .mdot_max = {[SPUD_TYPE_Q4_0] = 16, [SPUD_TYPE_Q8_0] = 16, [SPUD_TYPE_Q4_K] = 8, [SPUD_TYPE_Q6_K] = 8},            \
+    .dot_f32 = spud_dot_f32_avx512,                                                                                    \
+    .axpy_f32 = spud_axpy_f32_avx512,                                                                                  \
+    .attn = spud_attn_avx512,                                                                                          \
+    .attn_q8 = true,                                                                                                   \
+    .swiglu_f32 = spud_swiglu_f32_avx512,                                                                              \
+}
+
+const spud_kernel_set spud_kernels_avx512 = AVX512_SET("avx512", avx512);
+const spud_kernel_set spud_kernels_amx = AVX512_SET("amx", amx);
+

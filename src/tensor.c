@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "core.h"
 
@@ -767,6 +769,7 @@ const spud_kernel_set *spud_kernel_set_get(spud_isa isa) {
     switch (isa) {
     case SPUD_ISA_AVX2: return &spud_kernels_avx2;
     case SPUD_ISA_AVX512: return &spud_kernels_avx512;
+    case SPUD_ISA_AMX: return &spud_kernels_amx;
     default: return &spud_kernels_scalar;
     }
 }
@@ -777,6 +780,32 @@ static bool cpu_has_f16c(void) {
     return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 }
 
+static bool cpu_has_avx512(void) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+/* AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 24, 25), the tile state
+ * enabled by the OS (XCR0 bits 17, 18), and Linux's leave for this process
+ * to use it (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, Linux 5.16+;
+ * without it the first tile instruction kills the process). Asked once. */
+static bool amx_usable;
+static void amx_probe(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return; /* OSXSAVE: xgetbv works */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return;
+    amx_usable = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+}
+static bool cpu_has_amx(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, amx_probe);
+    return amx_usable;
+}
+
 bool spud_cpu_has(spud_isa isa) {
     __builtin_cpu_init();
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -784,10 +813,8 @@ bool spud_cpu_has(spud_isa isa) {
     switch (isa) {
     case SPUD_ISA_SCALAR: return true;
     case SPUD_ISA_AVX2: return avx2;
-    case SPUD_ISA_AVX512:
-        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512vnni");
+    case SPUD_ISA_AVX512: return avx2 && cpu_has_avx512();
+    case SPUD_ISA_AMX: return avx2 && cpu_has_avx512() && cpu_has_amx();
     default: return false;
     }
 }
@@ -813,11 +840,13 @@ const char *spud_kernels_init(bool force_scalar) {
         const bool scalar = force_scalar || (env && env[0] && strcmp(env, "0") != 0);
         spud_isa isa = SPUD_ISA_SCALAR;
         if (!scalar) {
-            if (spud_cpu_has(SPUD_ISA_AVX512)) isa = SPUD_ISA_AVX512;
+            if (spud_cpu_has(SPUD_ISA_AMX)) isa = SPUD_ISA_AMX;
+            else if (spud_cpu_has(SPUD_ISA_AVX512)) isa = SPUD_ISA_AVX512;
             else if (spud_cpu_has(SPUD_ISA_AVX2)) isa = SPUD_ISA_AVX2;
         }
         /* SPUD_ISA caps the choice (to measure or test a lower set here) */
         const char *cap = getenv("SPUD_ISA");
+        if (cap && !strcmp(cap, "avx512") && isa > SPUD_ISA_AVX512) isa = SPUD_ISA_AVX512;
         if (cap && !strcmp(cap, "avx2") && isa > SPUD_ISA_AVX2) isa = SPUD_ISA_AVX2;
         if (cap && !strcmp(cap, "scalar")) isa = SPUD_ISA_SCALAR;
         const spud_kernel_set *ks = spud_kernel_set_get(isa);

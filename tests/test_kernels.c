@@ -158,10 +158,11 @@ static size_t misalign(spud_type t) {
 }
 
 /* The ISAs this CPU can run, beyond scalar. */
-static int simd_sets(const spud_kernel_set *out[2]) {
+static int simd_sets(const spud_kernel_set *out[SPUD_ISA_COUNT]) {
     int k = 0;
     if (spud_cpu_has(SPUD_ISA_AVX2)) out[k++] = spud_kernel_set_get(SPUD_ISA_AVX2);
     if (spud_cpu_has(SPUD_ISA_AVX512)) out[k++] = spud_kernel_set_get(SPUD_ISA_AVX512);
+    if (spud_cpu_has(SPUD_ISA_AMX)) out[k++] = spud_kernel_set_get(SPUD_ISA_AMX);
     return k;
 }
 
@@ -566,7 +567,7 @@ static void hand_q8_K(block_q8_K *b) {
 /* The reference and every SIMD dequantizer must give exactly `want`. */
 static void check_dequant_all(spud_type t, spud_to_float_fn ref, const void *blocks, int64_t n, const float *want) {
     float *y = malloc((size_t)n * sizeof(float));
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     const int ns = simd_sets(sets);
     for (int s = -1; s < ns; s++) {
         const spud_to_float_fn f = s < 0 ? ref : sets[s]->to_float[t];
@@ -655,7 +656,7 @@ Test(hand, k_quant_dots) {
     cr_assert(s == (float)e4, "q4_K ref %g want %g", (double)s, e4);
     spud_vec_dot_q6_K_q8_K_ref(512, &s, w6, y);
     cr_assert(s == (float)e6, "q6_K ref %g want %g", (double)s, e6);
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     for (int k = 0, ns = simd_sets(sets); k < ns; k++) {
         sets[k]->vec_dot[SPUD_TYPE_Q4_K](512, &s, w4, y);
         cr_assert(s == (float)e4, "q4_K %s %g want %g", sets[k]->name, (double)s, e4);
@@ -671,7 +672,7 @@ static void check_quant_all(spud_type t, const float *x, int64_t n, const void *
     const spud_from_float_fn ref = t == SPUD_TYPE_Q8_0 ? spud_quant_q8_0_ref : spud_quant_q8_K_ref;
     ref(x, y.p, n);
     cr_assert(memcmp(y.p, want, size) == 0, "%s reference", spud_type_name(t));
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     for (int k = 0, ns = simd_sets(sets); k < ns; k++) {
         memset(y.p, 0x55, size);
         sets[k]->from_float[t](x, y.p, n);
@@ -847,7 +848,7 @@ Test(quant, q8_K_round_trip) {
 /* ------------------------------------------------------------------------ */
 
 Test(simd, activation_quantizers_bit_exact) {
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     const int ns = simd_sets(sets);
     if (ns == 0) cr_log_info("no SIMD ISA on this CPU: nothing to compare");
     const spud_type types[] = {SPUD_TYPE_Q8_0, SPUD_TYPE_Q8_K};
@@ -884,7 +885,7 @@ Test(simd, activation_quantizers_bit_exact) {
 }
 
 Test(simd, dequantizers_bit_exact) {
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     const int ns = simd_sets(sets);
     const spud_type types[] = {SPUD_TYPE_F16, SPUD_TYPE_BF16, SPUD_TYPE_Q4_0, SPUD_TYPE_Q8_0, SPUD_TYPE_Q4_K,
                                SPUD_TYPE_Q6_K};
@@ -980,7 +981,7 @@ static void check_dot(spud_type t, int64_t n, int pat, uint64_t seed, bool rando
     cr_assert(fabs(ref - exact) <= bound, "%s ref, n=%lld %s seed %llu%s: %.9g vs exact %.9g (bound %.3g)", ti->name,
               (long long)n, pat_names[pat], (unsigned long long)seed, random_bytes ? " random blocks" : "",
               (double)ref, exact, bound);
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     for (int k = 0, ns = simd_sets(sets); k < ns; k++) {
         float got = NAN;
         sets[k]->vec_dot[t](n, &got, w.p, xq.p);
@@ -1175,8 +1176,9 @@ static void check_gemm(const spud_kernel_set *ks, spud_type t, int64_t k, int nr
 }
 
 static void gemm_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
-    static const int shapes[][2] = {{16, 13}, {7, 8}, {1, 1}, {16, 24}, {3, 5}, {16, 4}};
-    const spud_kernel_set *sets[2];
+    /* activation rows past 16 and 32 with tails: the AMX kernels take them 16 at a time */
+    static const int shapes[][2] = {{16, 13}, {7, 8}, {1, 1}, {16, 24}, {3, 5}, {16, 4}, {16, 32}, {5, 37}};
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     int tested = 0;
     for (int s = 0, ns = simd_sets(sets); s < ns; s++) {
         if (!sets[s]->gemm[t]) continue;
@@ -1206,7 +1208,7 @@ static const int64_t gemm_len1[] = {1, 15, 16, 17, 100, 1000, 2051};
  * activation rows (past the kernels' 8 per pass) and 1, 3 or 16 weight rows,
  * over lengths with tails (blocks past a multiple of 16). */
 static void mdot_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     static const int nrs[] = {1, 3, 16};
     int tested = 0;
     for (int s = 0, ns = simd_sets(sets); s < ns; s++) {
@@ -1431,7 +1433,7 @@ static void check_attn(spud_type kv, int hd, int nq, int n, uint64_t seed) {
             smax = fmax(smax, a);
         }
     const double bound = (2.0 * hd * smax + n + 32) * FLT_EPSILON * vmax;
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     for (int s = 0, ns = simd_sets(sets); s <= ns; s++) {
         const spud_attn_fn fn = s < ns ? sets[s]->attn : spud_attn;
         if (!fn) continue;
@@ -1542,7 +1544,7 @@ Test(simd, swiglu) {
         g[0] = 100.f, g[1] = -100.f, g[2] = 0.f, g[3] = -87.5f, g[4] = 88.5f;
         memcpy(want, g, n * 4);
         spud_swiglu_f32_ref(want, u, n);
-        const spud_kernel_set *sets[2];
+        const spud_kernel_set *sets[SPUD_ISA_COUNT];
         for (int s = 0, ns = simd_sets(sets); s <= ns; s++) {
             memcpy(got, g, n * 4);
             if (s < ns) {
@@ -1565,7 +1567,7 @@ Test(simd, swiglu) {
 
 Test(simd, f32_helpers) {
     check_f32_helpers(spud_dot_f32_ref, spud_axpy_f32_ref, "scalar");
-    const spud_kernel_set *sets[2];
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
     for (int k = 0, ns = simd_sets(sets); k < ns; k++) check_f32_helpers(sets[k]->dot_f32, sets[k]->axpy_f32, sets[k]->name);
     spud_kernels_init(false);
     check_f32_helpers(spud_dot_f32, spud_axpy_f32, "dispatched");
@@ -1581,9 +1583,10 @@ Test(dispatch, picks_this_cpu) {
     unsetenv("SPUD_ISA");
     cr_assert(spud_type_get(SPUD_TYPE_Q4_0)->vec_dot == spud_vec_dot_q4_0_q8_0_ref, "references before init");
     const char *isa = spud_kernels_init(false);
-    const spud_isa want = spud_cpu_has(SPUD_ISA_AVX512) ? SPUD_ISA_AVX512
-                          : spud_cpu_has(SPUD_ISA_AVX2) ? SPUD_ISA_AVX2
-                                                        : SPUD_ISA_SCALAR;
+    const spud_isa want = spud_cpu_has(SPUD_ISA_AMX)      ? SPUD_ISA_AMX
+                          : spud_cpu_has(SPUD_ISA_AVX512) ? SPUD_ISA_AVX512
+                          : spud_cpu_has(SPUD_ISA_AVX2)   ? SPUD_ISA_AVX2
+                                                          : SPUD_ISA_SCALAR;
     const spud_kernel_set *ks = spud_kernel_set_get(want);
     cr_log_info("kernels: %s", isa);
     cr_assert_str_eq(isa, ks->name);
@@ -1613,6 +1616,13 @@ Test(dispatch, isa_env_caps_the_set) {
     cr_assert_str_eq(spud_kernels_init(false), want);
     if (spud_cpu_has(SPUD_ISA_AVX2))
         cr_assert(spud_type_get(SPUD_TYPE_Q4_0)->gemm == spud_kernel_set_get(SPUD_ISA_AVX2)->gemm[SPUD_TYPE_Q4_0]);
+}
+
+Test(dispatch, isa_env_caps_at_avx512) {
+    unsetenv("SPUD_SCALAR");
+    setenv("SPUD_ISA", "avx512", 1);
+    const char *want = spud_cpu_has(SPUD_ISA_AVX512) ? "avx512" : spud_cpu_has(SPUD_ISA_AVX2) ? "avx2" : "scalar";
+    cr_assert_str_eq(spud_kernels_init(false), want);
 }
 
 Test(dispatch, argument_forces_scalar) {

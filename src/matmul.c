@@ -25,11 +25,16 @@
 #define MATMUL_GEMM_MIN_ROWS 4
 
 /* Activation rows from which the mdot path is taken, up to the kernels'
- * mdot_max for the type (past it, the gemm). One row stays on vec_dot: from
- * memory the q4_0 mdot with one row is no faster (measured single-threaded,
- * 2048 x 131072: 4.33 vs 4.39 ms), and a step of one row is what a lone
- * stream runs. */
-#define MATMUL_MDOT_MIN_ROWS 2
+ * mdot_max for the type (past it, the gemm). From one row: where decode is
+ * compute-bound the mdot's per-row work is lower than vec_dot's (it takes the
+ * activations' block sums from spud_gemm_x instead of recomputing them for
+ * every weight row). Measured with spud bench -p 0 -n 64 -t 2, 1B-shaped
+ * models, mdot vs vec_dot for one row: on a Xeon with AMX (Sapphire Rapids
+ * class) q4_0 24.7-27.6 vs 18.0-18.9 tok/s, q8_0 14.4-14.7 vs 13.3-14.2,
+ * q4_K_M 24.4-24.6 vs 22.0-23.2; on Zen 5 (memory-bound) the same within
+ * noise. A sequence's logits are then also the same whether it decodes alone
+ * or with up to mdot_max others. */
+#define MATMUL_MDOT_MIN_ROWS 1
 
 /* Rows of W per tile on the vec_dot and mdot paths: a tile of weight rows is
  * reused across all activation rows while it is in cache. */

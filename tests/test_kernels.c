@@ -1306,7 +1306,7 @@ Test(gemm, f16) { gemm_suite(SPUD_TYPE_F16, gemm_len1, sizeof gemm_len1 / sizeof
 Test(gemm, bf16) { gemm_suite(SPUD_TYPE_BF16, gemm_len1, sizeof gemm_len1 / sizeof gemm_len1[0]); }
 
 /* spud_matmul: many rows at once (the gemm path where the kernels have one)
- * against one row per call (vec_dot), on 2 threads. */
+ * against one row per call (mdot or vec_dot), on 2 threads. */
 Test(gemm, matmul_paths_agree) {
     spud_kernels_init(false);
     spud_pool *pool;

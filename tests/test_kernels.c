@@ -1281,6 +1281,10 @@ Test(mdot, matmul_small_batches) {
                     const float a = ya[i * n_out + r], b = yb[i * n_out + r];
                     cr_assert(fabs(a - b) <= bound, "%s n=%lld row %lld col %lld: %.9g vs %.9g", ti->name, (long long)n,
                               (long long)r, (long long)i, (double)a, (double)b);
+                    /* one row and n rows both on the mdot path: the same bits (batch-invariant decode) */
+                    if (ti->mdot && n <= ti->mdot_max)
+                        cr_assert(a == b, "%s n=%lld row %lld col %lld: mdot %.9g alone vs %.9g in a batch", ti->name,
+                                  (long long)n, (long long)r, (long long)i, (double)b, (double)a);
                     if (r >= 8)
                         cr_assert(y2[i * w2.n_out + r - 8] == a, "%s n=%lld: second output row %lld differs", ti->name,
                                   (long long)n, (long long)r - 8);

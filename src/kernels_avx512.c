@@ -861,14 +861,15 @@ typedef void (*pack_fn)(const void *w, size_t rb, int nr, int64_t k0, int kc, ui
  * the tile unit. A panel group's gs/4 zmm of values are, byte for byte, the B
  * tile TDPB* expects (gs/4 rows, each 4 consecutive elements of the 16 weight
  * rows: the "VNNI" layout), so packing is shared. The A tile is 16 activation
- * rows x gs bytes of one group, loaded straight from spud_gemm_x. TDPBSUD
- * (signed activations, unsigned weights) leaves each group's integer sum per
- * (activation row, weight row) in a C tile; stored to L1, it gets the AVX-512
- * micro-tile's epilogue unchanged (+ aux, convert, times dw * dx, summed over
- * groups in float), so the results are bit-identical to spud_gemm_*_avx512.
- * Groups go in pairs on two sets of tiles so that one pair's products run
- * while the other's epilogue does. Activation rows past the last full 16 go
- * through the AVX-512 micro-tiles. Tiles: 0 and 4 A, 1 and 5 B, 2 and 3 C. */
+ * rows x gs bytes of one group, loaded straight from spud_gemm_x. The values
+ * lose their unsigned offset (amx_signed), so TDPBSSD (signed x signed)
+ * leaves each group's exact integer sum per (activation row, weight row) in a
+ * C tile with no aux term; stored to L1, it gets the AVX-512 micro-tile's
+ * epilogue (convert, times dw * dx, summed over groups in float), so the
+ * results are bit-identical to spud_gemm_*_avx512. Groups go in pairs on two
+ * sets of tiles so that one pair's products run while the other's epilogue
+ * does. Activation rows past the last full 16 go through the AVX-512
+ * micro-tiles. Tiles: 0 and 4 A, 1 and 5 B, 2 and 3 C. */
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -887,7 +888,8 @@ static void amx_configure(int gs) {
     _tile_loadconfig(&c);
 }
 
-/* f[c] += one group's C tile (at cb) scaled, as gemm_tile does for one group. */
+/* f[c] += one group's C tile (at cb) scaled, as gemm_tile does for one group
+ * (the tile's sums are already exact: no aux). */
 static inline __attribute__((always_inline)) void amx_epilogue(const int32_t *cb, const uint8_t *pg, const int gs,
                                                              const bool mins, const float *dx, const float *aux,
                                                              size_t s_stride, __m512 f[16]) {
@@ -896,8 +898,7 @@ static inline __attribute__((always_inline)) void amx_epilogue(const int32_t *cb
 #pragma GCC unroll 16
     for (int c = 0; c < 16; c++) {
         const size_t si = (size_t)c * s_stride;
-        __m512i acc = _mm512_load_si512(cb + 16 * c);
-        if (!mins) acc = _mm512_add_epi32(acc, _mm512_set1_epi32(load_i32(aux + si)));
+        const __m512i acc = _mm512_load_si512(cb + 16 * c);
         f[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(S, _mm512_set1_ps(dx[si])), f[c]);
         if (mins) f[c] = _mm512_fnmadd_ps(M, _mm512_set1_ps(aux[si]), f[c]);
     }
@@ -925,11 +926,11 @@ static inline __attribute__((always_inline)) void amx_chunk(const uint8_t *panel
             _tile_zero(2);
             _tile_loadd(0, xq + (size_t)g * gs, (long)x->x_stride);
             _tile_loadd(1, panel + (size_t)g * gb, 64);
-            _tile_dpbsud(2, 0, 1);
+            _tile_dpbssd(2, 0, 1);
             _tile_zero(3);
             _tile_loadd(4, xq + (size_t)(g + 1) * gs, (long)x->x_stride);
             _tile_loadd(5, panel + (size_t)(g + 1) * gb, 64);
-            _tile_dpbsud(3, 4, 5);
+            _tile_dpbssd(3, 4, 5);
             _tile_stored(2, cb[0], 64);
             amx_epilogue(cb[0], panel + (size_t)g * gb, gs, mins, dx + g, aux + g, x->s_stride, f);
             _tile_stored(3, cb[1], 64);
@@ -939,7 +940,7 @@ static inline __attribute__((always_inline)) void amx_chunk(const uint8_t *panel
             _tile_zero(2);
             _tile_loadd(0, xq + (size_t)g * gs, (long)x->x_stride);
             _tile_loadd(1, panel + (size_t)g * gb, 64);
-            _tile_dpbsud(2, 0, 1);
+            _tile_dpbssd(2, 0, 1);
             _tile_stored(2, cb[0], 64);
             amx_epilogue(cb[0], panel + (size_t)g * gb, gs, mins, dx + g, aux + g, x->s_stride, f);
         }
@@ -948,13 +949,28 @@ static inline __attribute__((always_inline)) void amx_chunk(const uint8_t *panel
     }
 }
 
+/* A second copy of the panel's values for TDPBSSD, with the unsigned offset
+ * (8, 128, 32; 0 for q4_K, whose values are below 128) taken off: signed
+ * weights times signed activations are exact without the aux term. */
+static inline void amx_signed(const uint8_t *panel, int kc, int gs, bool mins, int bias, uint8_t *spanel) {
+    const size_t gb = panel_group_bytes(gs, mins);
+    const __m512i o = _mm512_set1_epi8((char)bias);
+    for (int g = 0; g < kc / gs; g++) {
+        const uint8_t *p = panel + (size_t)g * gb;
+        uint8_t *q = spanel + (size_t)g * gb;
+        for (int j = 0; j < gs / 4; j++) _mm512_store_si512(q + 64 * j, _mm512_sub_epi8(_mm512_load_si512(p + 64 * j), o));
+        for (size_t e = (size_t)gs * 16; e < gb; e += 64) _mm512_store_si512(q + e, _mm512_load_si512(p + e));
+    }
+}
+
 /* amx: the tile unit takes activation rows 16 at a time (the caller checked
- * that this CPU has it and that Linux granted the tile state). */
-static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int gs, const bool mins, const bool amx,
-                                                       int64_t k, const void *w, size_t rb, int nr,
+ * that this CPU has it and that Linux granted the tile state); bias: the
+ * unsigned offset of the packed values (amx_signed). */
+static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int gs, const bool mins, const int bias,
+                                                       const bool amx, int64_t k, const void *w, size_t rb, int nr,
                                                        const spud_gemm_x *x, int nc, float *y, size_t ldy) {
     _Alignas(64) uint8_t vals[GEMM_ROWS * GEMM_KC];
-    _Alignas(64) uint8_t panel[PANEL_BYTES];
+    _Alignas(64) uint8_t panel[PANEL_BYTES], spanel[amx ? PANEL_BYTES : 1];
     const size_t chunk_bytes = rb / (size_t)(k / GEMM_KC > 0 ? k / GEMM_KC : 1) + 64;
     const int nc16 = amx ? nc & ~15 : 0;
     const spud_gemm_x rest = {.x = (const int8_t *)x->x + (size_t)nc16 * x->x_stride,
@@ -973,7 +989,10 @@ static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int
             for (size_t off = 0; off < chunk_bytes; off += 64) _mm_prefetch(next + (size_t)r * rb + off, _MM_HINT_T0);
         pack(w, rb, nr, k0, kc, vals, panel);
         panel_transpose(vals, kc, gs, mins, panel);
-        if (nc16) amx_chunk(panel, kc, gs, mins, k, k0, x, nc16, y, ldy, nr);
+        if (nc16) { /* q4_K (bias 0): its values are already signed bytes */
+            if (bias) amx_signed(panel, kc, gs, mins, bias, spanel);
+            amx_chunk(bias ? spanel : panel, kc, gs, mins, k, k0, x, nc16, y, ldy, nr);
+        }
         if (nc > nc16) gemm_chunk(panel, kc, gs, mins, k, k0, &rest, nc - nc16, y + (size_t)nc16 * ldy, ldy, nr);
     }
     if (nc16) _tile_release();
@@ -981,42 +1000,42 @@ static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int
 
 void spud_gemm_q4_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    gemm_q(pack_q4_0, 32, false, false, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q4_0, 32, false, 8, false, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q4_0_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                         size_t ldy) {
-    gemm_q(pack_q4_0, 32, false, true, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q4_0, 32, false, 8, true, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q8_0_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    gemm_q(pack_q8_0, 32, false, false, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q8_0, 32, false, 128, false, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q8_0_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                         size_t ldy) {
-    gemm_q(pack_q8_0, 32, false, true, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q8_0, 32, false, 128, true, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q4_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    gemm_q(pack_q4_K, 32, true, false, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q4_K, 32, true, 0, false, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q4_K_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                         size_t ldy) {
-    gemm_q(pack_q4_K, 32, true, true, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q4_K, 32, true, 0, true, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q6_K_avx512(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                            size_t ldy) {
-    gemm_q(pack_q6_K, 16, false, false, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q6_K, 16, false, 32, false, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_gemm_q6_K_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                         size_t ldy) {
-    gemm_q(pack_q6_K, 16, false, true, k, w, rb, nr, x, nc, y, ldy);
+    gemm_q(pack_q6_K, 16, false, 32, true, k, w, rb, nr, x, nc, y, ldy);
 }
 
 /* ---- small-batch products (decode of a few sequences) ----

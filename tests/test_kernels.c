@@ -1195,6 +1195,40 @@ static void gemm_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
     cr_log_info("%s: gemm checked on %d ISA(s)", spud_type_get(t)->name, tested);
 }
 
+/* The AMX kernels promise the AVX-512 gemm's exact bits (same integer sums,
+ * same float epilogue): checked where the CPU has AMX. */
+Test(gemm, amx_same_bits_as_avx512) {
+    if (!spud_cpu_has(SPUD_ISA_AMX)) {
+        cr_log_info("no AMX on this CPU: skipped");
+        return;
+    }
+    const spud_kernel_set *amx = spud_kernel_set_get(SPUD_ISA_AMX), *avx = spud_kernel_set_get(SPUD_ISA_AVX512);
+    const spud_type types[] = {SPUD_TYPE_Q4_0, SPUD_TYPE_Q8_0, SPUD_TYPE_Q4_K, SPUD_TYPE_Q6_K};
+    for (size_t ti_ = 0; ti_ < sizeof types / sizeof types[0]; ti_++) {
+        const spud_type t = types[ti_];
+        const int64_t k = 1792;
+        const int nr = 13, nc = 53;
+        const size_t rb = spud_row_size(t, k), xrow = spud_gemm_x_row_bytes(t, k);
+        buf w = gemm_weights(t, k, nr, 21 + ti_, ti_ % 2 == 0);
+        double *xv;
+        char *xs = gemm_rows(t, k, nc, PAT_GAUSS, 5 + ti_, &xv);
+        const spud_gemm_x gx = {.x = xs, .x_stride = xrow,
+                                .s = (const float *)(const void *)(xs + spud_gemm_x_scale_offset(t, k)),
+                                .s_stride = xrow / sizeof(float)};
+        float *ya = malloc((size_t)nr * nc * sizeof(float)), *yb = malloc((size_t)nr * nc * sizeof(float));
+        amx->gemm[t](k, w.p, rb, nr, &gx, nc, ya, (size_t)nr);
+        avx->gemm[t](k, w.p, rb, nr, &gx, nc, yb, (size_t)nr);
+        for (int e = 0; e < nr * nc; e++)
+            cr_assert(f2u(ya[e]) == f2u(yb[e]), "%s output %d: amx %.9g vs avx512 %.9g", spud_type_name(t), e,
+                      (double)ya[e], (double)yb[e]);
+        free(ya);
+        free(yb);
+        free(xv);
+        free(xs);
+        buf_free(w);
+    }
+}
+
 static const int64_t gemm_len32[] = {32, 96, 512, 544, 1056, 4128};
 static const int64_t gemm_len256[] = {256, 512, 768, 1792};
 

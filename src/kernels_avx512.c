@@ -970,7 +970,7 @@ static inline __attribute__((always_inline)) void gemm_q(pack_fn pack, const int
                                                        const bool amx, int64_t k, const void *w, size_t rb, int nr,
                                                        const spud_gemm_x *x, int nc, float *y, size_t ldy) {
     _Alignas(64) uint8_t vals[GEMM_ROWS * GEMM_KC];
-    _Alignas(64) uint8_t panel[PANEL_BYTES], spanel[amx ? PANEL_BYTES : 1];
+    _Alignas(64) uint8_t panel[PANEL_BYTES], spanel[PANEL_BYTES]; /* spanel: AMX only */
     const size_t chunk_bytes = rb / (size_t)(k / GEMM_KC > 0 ? k / GEMM_KC : 1) + 64;
     const int nc16 = amx ? nc & ~15 : 0;
     const spud_gemm_x rest = {.x = (const int8_t *)x->x + (size_t)nc16 * x->x_stride,

@@ -70,7 +70,10 @@ static inline __m256 clamp_ps(__m256 v, float lo, float hi) {
 /* Prefetch distance for weights streaming from memory; see kernels_avx512.c. */
 #define PREFETCH_AHEAD 8192
 
-static inline void prefetch_weights(const void *p, int bytes) {
+/* always_inline: otherwise GCC 12 finds the out-of-line copy free of side
+ * effects (prefetches do not count) and deletes its calls from the
+ * always_inline mdot kernels, which then prefetch nothing. */
+static inline __attribute__((always_inline)) void prefetch_weights(const void *p, int bytes) {
     for (int off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + PREFETCH_AHEAD + off, _MM_HINT_T0);
 }
 

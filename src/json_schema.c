@@ -789,24 +789,28 @@ static uint64_t sat_mul(uint64_t a, uint64_t b) {
     return a > RX_INF / b ? RX_INF : a * b;
 }
 
+__attribute__((format(printf, 3, 0))) static bool vrxfail(rxp *p, spud_status code, const char *fmt, va_list ap) {
+    char msg[200];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    return serr(p->b, code, "pattern at offset %zu: %s", p->pos, msg);
+}
+
 /* A pattern feature we cannot enforce (SPUD_ERR_UNSUPPORTED)... */
 __attribute__((format(printf, 2, 3))) static bool rxerr(rxp *p, const char *fmt, ...) {
-    char msg[200];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    const bool r = vrxfail(p, SPUD_ERR_UNSUPPORTED, fmt, ap);
     va_end(ap);
-    return serr(p->b, SPUD_ERR_UNSUPPORTED, "pattern at offset %zu: %s", p->pos, msg);
+    return r;
 }
 
 /* ...and a pattern that is not a regular expression (SPUD_ERR_FORMAT). */
 __attribute__((format(printf, 2, 3))) static bool rxbad(rxp *p, const char *fmt, ...) {
-    char msg[200];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    const bool r = vrxfail(p, SPUD_ERR_FORMAT, fmt, ap);
     va_end(ap);
-    return serr(p->b, SPUD_ERR_FORMAT, "pattern at offset %zu: %s", p->pos, msg);
+    return r;
 }
 
 static bool rx_cp(rxp *p, uint32_t *cp) { /* next code point of the pattern */

@@ -107,6 +107,10 @@ void spud_mdot_q4_0_avx2(int64_t k, const void *w, size_t row_bytes, int nr, con
                          float *y, size_t ldy);
 void spud_mdot_q8_0_avx2(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
                          float *y, size_t ldy);
+void spud_mdot_q4_K_avx2(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                         float *y, size_t ldy);
+void spud_mdot_q6_K_avx2(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
+                         float *y, size_t ldy);
 void spud_attn_avx2(int hd, int nq, const float *q, const int32_t *last, spud_type kv_type, const void *k,
                     const void *v, float *out, float *work);
 

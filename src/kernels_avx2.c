@@ -47,6 +47,7 @@ static inline float f16s(spud_f16 h) { return _cvtsh_ss(h); }
 #define LOADU256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
 #define LOADU128(p) _mm_loadu_si128((const __m128i *)(const void *)(p))
 #define LOADU64(p) _mm_loadl_epi64((const __m128i *)(const void *)(p))
+#define LOAD256(p) _mm256_load_si256((const __m256i *)(const void *)(p)) /* 32-byte aligned */
 
 /* Signed int8 dot in 32-bit lanes: each lane sums 4 adjacent products w*a. */
 static inline __m256i dot_i8_lanes(__m256i w, __m256i a) {
@@ -1147,15 +1148,30 @@ void spud_attn_avx2(int hd, int nq, const float *q, const int32_t *last, spud_ty
 
 /* ---- small-batch products (decode of a few sequences) ----
  *
- * The AVX-512 set's q4_0 / q8_0 mdot (see kernels_avx512.c) in two halves of
- * 8 lanes: a group of 16 blocks in the spud_mdot_x_row layout is lanes 0-7
- * (the first 32 bytes of each 64-byte vector) and lanes 8-15. Per half, the
- * quant bytes of its 8 blocks go through an in-lane 4x4 dword transpose
+ * The AVX-512 set's mdot (see kernels_avx512.c) in two halves of 8 lanes.
+ * q4_0 / q8_0: a group of 16 blocks in the spud_mdot_x_row layout is lanes
+ * 0-7 (the first 32 bytes of each 64-byte vector) and lanes 8-15. Per half,
+ * the quant bytes of its 8 blocks go through an in-lane 4x4 dword transpose
  * once; per activation row, maddubs + madd per 32 bytes (q4_0: unsigned
  * nibbles and the aux accumulator; q8_0: |w| and x with w's sign, so no
  * 16-bit saturation), exact per block, scaled by dw * dx in float. At most
- * MDOT2_NC activation rows per pass (16 ymm registers). */
+ * MDOT2_NC activation rows per pass (16 ymm registers); q4_K / q6_K (below)
+ * take MDOT2_NC_K, as their weight work per block is larger than q4_0's and
+ * spilled accumulators cost less than a second pass (single thread, 2048 x
+ * 256 in L2, 8 rows: q4_K 39.7 vs 48.0 us with 4 per pass, q6_K 58.5 vs
+ * 60.9). */
 #define MDOT2_NC 4
+#define MDOT2_NC_K 8
+/* In-lane 4x4 transpose of dwords: out[m] 128-bit lane i = dword m of lane i
+ * of z[0], z[1], z[2], z[3]. */
+static inline void transpose_4x4_lanes(const __m256i z[4], __m256i out[4]) {
+    const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+    out[0] = _mm256_unpacklo_epi64(t0, t2);
+    out[1] = _mm256_unpackhi_epi64(t0, t2);
+    out[2] = _mm256_unpacklo_epi64(t1, t3);
+    out[3] = _mm256_unpackhi_epi64(t1, t3);
+}
 
 static inline __attribute__((always_inline)) void mdot2_row(const bool q4, int64_t nb, const void *w,
                                                             const spud_gemm_x *x, int c0, float *out, const int nc) {
@@ -1190,12 +1206,7 @@ static inline __attribute__((always_inline)) void mdot2_row(const bool q4, int64
 #pragma GCC unroll 4
                 for (int g = 0; g < 4; g++)
                     z[g] = _mm256_set_m128i(LOADU128(a4[b + 4 * g + 1].qs), LOADU128(a4[b + 4 * g].qs));
-                const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
-                const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
-                v[0] = _mm256_unpacklo_epi64(t0, t2);
-                v[1] = _mm256_unpackhi_epi64(t0, t2);
-                v[2] = _mm256_unpacklo_epi64(t1, t3);
-                v[3] = _mm256_unpackhi_epi64(t1, t3);
+                transpose_4x4_lanes(z, v);
 #pragma GCC unroll 4
                 for (int m = 0; m < 4; m++) {
                     W[m] = _mm256_and_si256(v[m], m4);
@@ -1211,12 +1222,7 @@ static inline __attribute__((always_inline)) void mdot2_row(const bool q4, int64
 #pragma GCC unroll 4
                     for (int g = 0; g < 4; g++)
                         z[g] = _mm256_set_m128i(LOADU128(a8[b + 4 * g + 1].qs + 16 * q), LOADU128(a8[b + 4 * g].qs + 16 * q));
-                    const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
-                    const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
-                    W[4 * q] = _mm256_unpacklo_epi64(t0, t2);
-                    W[4 * q + 1] = _mm256_unpackhi_epi64(t0, t2);
-                    W[4 * q + 2] = _mm256_unpacklo_epi64(t1, t3);
-                    W[4 * q + 3] = _mm256_unpackhi_epi64(t1, t3);
+                    transpose_4x4_lanes(z, &W[4 * q]);
                 }
             }
 #pragma GCC unroll 4
@@ -1259,19 +1265,207 @@ static inline __attribute__((always_inline)) void mdot2_row(const bool q4, int64
     for (int c = 0; c < nc; c++) out[c] = hsum_ps(f[c]) + tail[c];
 }
 
-static inline __attribute__((always_inline)) void mdot2(const bool q4, int64_t k, const void *w, size_t rb, int nr,
+/* vpshufb control: dword l of each 128-bit lane = byte b0 + 2 l of that lane. */
+static inline __m256i pick_even(int b0) {
+    return _mm256_broadcastsi128_si256(_mm_setr_epi8((char)b0, -1, -1, -1, (char)(b0 + 2), -1, -1, -1, (char)(b0 + 4),
+                                                     -1, -1, -1, (char)(b0 + 6), -1, -1, -1));
+}
+
+/* q4_K, 4 super-blocks at a time in the spud_mdot_x_row layout (one group of
+ * 32 per 32-bit lane, lane r = chunk r mod 4 of super-block r / 4), in two
+ * quarters of 8 lanes as the q4_0 mdot does: quarter u is the lanes of
+ * super-blocks i + 2u and i + 2u + 1 (32 bytes at 32 u of each 64-byte vector
+ * of the layout). Per quarter, two in-lane 4x4 dword transposes of the 8
+ * chunks give W[j] lane r = dword j of the lane's chunk; per activation row
+ * and nibble half: 8 maddubs (unsigned nibbles x int8: pairs <= 2 * 15 * 128)
+ * summed in 16 bits (8 steps: <= 30720, no overflow) and one madd, the exact
+ * sum of each group; then the group scales d * sc * dx and the mins
+ * dmin * m * aux in float. Super-blocks past the last full 4 (gemm layout) as
+ * the vec_dot: maddubs + madd with the group scales, mins in float lanes. */
+static inline __attribute__((always_inline)) void mdot2_q4_K_row(int64_t nb, const void *w, const spud_gemm_x *x,
+                                                                 int c0, float *out, const int nc) {
+    const block_q4_K *a = w;
+    const int64_t ng = nb * 8;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const char *xr[MDOT2_NC_K];
+    const size_t off_d = (size_t)((const char *)x->s - (const char *)x->x), off_a = off_d + (size_t)ng * 4;
+    __m256 f[MDOT2_NC_K];
+#pragma GCC unroll 8
+    for (int c = 0; c < nc; c++) {
+        xr[c] = (const char *)x->x + (size_t)(c0 + c) * x->x_stride;
+        f[c] = _mm256_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        prefetch_weights(&a[i], 4 * sizeof(block_q4_K));
+#pragma GCC unroll 2
+        for (int u = 0; u < 2; u++) {
+            const block_q4_K *b = &a[i + 2 * u];
+            __m256i v[8];
+#pragma GCC unroll 2
+            for (int e = 0; e < 2; e++) { /* dwords 4e..4e+3 of each chunk */
+                __m256i z[4];
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++)
+                    z[g] = _mm256_set_m128i(LOADU128(b[1].qs + 32 * g + 16 * e), LOADU128(b[0].qs + 32 * g + 16 * e));
+                transpose_4x4_lanes(z, &v[4 * e]);
+            }
+            const __m256i sm = _mm256_set_m128i(q4_K_scales_vec(b[1].scales), q4_K_scales_vec(b[0].scales));
+            const __m256 dv = _mm256_setr_m128(_mm_set1_ps(f16s(b[0].d)), _mm_set1_ps(f16s(b[1].d)));
+            const __m256 mv = _mm256_setr_m128(_mm_set1_ps(f16s(b[0].dmin)), _mm_set1_ps(f16s(b[1].dmin)));
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const __m256 S = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(sm, pick_even(h))), dv);
+                const __m256 M = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(sm, pick_even(8 + h))), mv);
+                __m256i W[8];
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) W[j] = _mm256_and_si256(h ? _mm256_srli_epi16(v[j], 4) : v[j], m4);
+#pragma GCC unroll 8
+                for (int c = 0; c < nc; c++) {
+                    const char *xg = xr[c] + i * QK_K + 512 * h + 32 * u;
+                    __m256i p = _mm256_maddubs_epi16(W[0], LOAD256(xg));
+#pragma GCC unroll 8
+                    for (int j = 1; j < 8; j++)
+                        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(W[j], LOAD256(xg + 64 * j)));
+                    const size_t o = ((size_t)i * 8 + 16 * (size_t)h + 8 * (size_t)u) * 4;
+                    const __m256 dx = _mm256_loadu_ps((const float *)(const void *)(xr[c] + off_d + o));
+                    const __m256 ax = _mm256_loadu_ps((const float *)(const void *)(xr[c] + off_a + o));
+                    const __m256 sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                    f[c] = _mm256_fmadd_ps(_mm256_mul_ps(S, dx), sum, f[c]);
+                    f[c] = _mm256_fnmadd_ps(M, ax, f[c]);
+                }
+            }
+        }
+    }
+    for (; i < nb; i++) {
+        const __m128i sc128 = q4_K_scales_vec(a[i].scales);
+        const __m256i scm = _mm256_broadcastsi128_si256(sc128);
+        const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(f16s(a[i].dmin)),
+                                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(sc128, 8))));
+        const float d = f16s(a[i].d);
+#pragma GCC unroll 8
+        for (int c = 0; c < nc; c++) {
+            const char *xb = xr[c] + i * QK_K;
+            __m256i acc = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m256i q = LOADU256(a[i].qs + 32 * j);
+                const __m256i plo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), LOADU256(xb + 64 * j));
+                const __m256i phi =
+                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), LOADU256(xb + 64 * j + 32));
+                /* scale g as int16: bytes {g, zero} */
+                const __m256i slo = _mm256_shuffle_epi8(scm, _mm256_set1_epi16((short)(0x8000 | (2 * j))));
+                const __m256i shi = _mm256_shuffle_epi8(scm, _mm256_set1_epi16((short)(0x8000 | (2 * j + 1))));
+                acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi)));
+            }
+            float dx;
+            memcpy(&dx, xr[c] + off_d + (size_t)i * 32, 4);
+            f[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(acc), f[c]);
+            const __m256 ax = _mm256_loadu_ps((const float *)(const void *)(xr[c] + off_a + (size_t)i * 32));
+            f[c] = _mm256_fnmadd_ps(mins, ax, f[c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < nc; c++) out[c] = hsum_ps(f[c]);
+}
+
+/* q6_K, one super-block at a time (activations in the gemm layout): the
+ * 6-bit values unsigned (0..63) as the vec_dot unpacks them; per activation
+ * row the int32 lanes start at sc[g] * aux[g] (aux = -32 Σ x over the group
+ * of 16: the offset), then maddubs (pairs <= 2 * 63 * 128) and madd with the
+ * group scales; exact per super-block, scaled by d * dx in float. */
+static inline __attribute__((always_inline)) void mdot2_q6_K_row(int64_t nb, const void *w, const spud_gemm_x *x,
+                                                                 int c0, float *out, const int nc) {
+    const block_q6_K *a = w;
+    const int64_t ng = nb * 16;
+    const int8_t *xq[MDOT2_NC_K];
+    const float *xd[MDOT2_NC_K];
+    const int32_t *xa[MDOT2_NC_K];
+    __m256 f[MDOT2_NC_K];
+#pragma GCC unroll 8
+    for (int c = 0; c < nc; c++) {
+        xq[c] = (const int8_t *)x->x + (size_t)(c0 + c) * x->x_stride;
+        xd[c] = x->s + (size_t)(c0 + c) * x->s_stride;
+        xa[c] = (const int32_t *)(const void *)(xd[c] + ng);
+        f[c] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        prefetch_weights(&a[i], sizeof(block_q6_K));
+        const __m128i sc8 = LOADU128(a[i].scales);
+        const __m256i sc_lo = _mm256_cvtepi8_epi32(sc8), sc_hi = _mm256_cvtepi8_epi32(_mm_srli_si128(sc8, 8));
+        __m256i ai[MDOT2_NC_K];
+#pragma GCC unroll 8
+        for (int c = 0; c < nc; c++)
+            ai[c] = _mm256_add_epi32(_mm256_mullo_epi32(LOADU256(xa[c] + i * 16), sc_lo),
+                                     _mm256_mullo_epi32(LOADU256(xa[c] + i * 16 + 8), sc_hi));
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i q[4], s[4];
+            q6_K_half_values(a[i].ql + 64 * h, a[i].qh + 32 * h, q);
+            /* scales of groups 8h..8h+7 as int16 in both lanes; q[k] covers
+             * groups 8h + 2k (low lane) and 8h + 2k + 1 (high lane) */
+            const __m256i scv = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(sc8, 8) : sc8));
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                const __m256i ctl = _mm256_setr_m128i(_mm_set1_epi16((short)(0x0100 * (4 * k + 1) + 4 * k)),
+                                                      _mm_set1_epi16((short)(0x0100 * (4 * k + 3) + 4 * k + 2)));
+                s[k] = _mm256_shuffle_epi8(scv, ctl);
+            }
+#pragma GCC unroll 8
+            for (int c = 0; c < nc; c++)
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    const __m256i p = _mm256_maddubs_epi16(q[k], LOADU256(xq[c] + i * QK_K + 128 * h + 32 * k));
+                    ai[c] = _mm256_add_epi32(ai[c], _mm256_madd_epi16(p, s[k]));
+                }
+        }
+        const float d = f16s(a[i].d);
+#pragma GCC unroll 8
+        for (int c = 0; c < nc; c++)
+            f[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[c][i * 16]), _mm256_cvtepi32_ps(ai[c]), f[c]);
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < nc; c++) out[c] = hsum_ps(f[c]);
+}
+
+enum { MDOT2_Q4_0, MDOT2_Q8_0, MDOT2_Q4_K, MDOT2_Q6_K };
+
+#define MDOT2_CASE(fn, n, ...)                                                                                         \
+    case n: fn(__VA_ARGS__, n); break;
+
+/* fn(..., m) with m a constant: 1..4, or 1..8 for the k-quants */
+#define MDOT2_SWITCH4(fn, m, ...)                                                                                      \
+    switch (m) {                                                                                                       \
+    MDOT2_CASE(fn, 1, __VA_ARGS__) MDOT2_CASE(fn, 2, __VA_ARGS__) MDOT2_CASE(fn, 3, __VA_ARGS__)                       \
+    default: fn(__VA_ARGS__, 4); break;                                                                                \
+    }
+#define MDOT2_SWITCH8(fn, m, ...)                                                                                      \
+    switch (m) {                                                                                                       \
+    MDOT2_CASE(fn, 1, __VA_ARGS__) MDOT2_CASE(fn, 2, __VA_ARGS__) MDOT2_CASE(fn, 3, __VA_ARGS__)                       \
+    MDOT2_CASE(fn, 4, __VA_ARGS__) MDOT2_CASE(fn, 5, __VA_ARGS__) MDOT2_CASE(fn, 6, __VA_ARGS__)                       \
+    MDOT2_CASE(fn, 7, __VA_ARGS__)                                                                                     \
+    default: fn(__VA_ARGS__, 8); break;                                                                                \
+    }
+
+/* Weight row by weight row, the activation rows in passes of up to MDOT2_NC
+ * (q4_0, q8_0) or MDOT2_NC_K (q4_K, q6_K) while the weight row is in L1.
+ * Long rows are not taken in chunks as in kernels_avx512.c: single thread,
+ * 8192 x 8192, chunks by its rule were slower for q6_K (4 rows 6.9-7.3 vs
+ * 4.8-5.2 ms, 8 rows 9.7-10.0 vs 8.7-8.8) and no faster for q4_K. */
+static inline __attribute__((always_inline)) void mdot2(const int kind, int64_t k, const void *w, size_t rb, int nr,
                                                         const spud_gemm_x *x, int nc, float *y, size_t ldy) {
-    const int64_t nb = k / 32;
+    const int64_t nb = k / (kind <= MDOT2_Q8_0 ? 32 : QK_K);
+    const int per_pass = kind <= MDOT2_Q8_0 ? MDOT2_NC : MDOT2_NC_K;
     for (int r = 0; r < nr; r++)
-        for (int c0 = 0; c0 < nc; c0 += MDOT2_NC) {
-            const int m = nc - c0 < MDOT2_NC ? nc - c0 : MDOT2_NC;
+        for (int c0 = 0; c0 < nc; c0 += per_pass) {
+            const int m = nc - c0 < per_pass ? nc - c0 : per_pass;
             const char *row = (const char *)w + (size_t)r * rb;
-            float part[MDOT2_NC];
-            switch (m) {
-            case 1: mdot2_row(q4, nb, row, x, c0, part, 1); break;
-            case 2: mdot2_row(q4, nb, row, x, c0, part, 2); break;
-            case 3: mdot2_row(q4, nb, row, x, c0, part, 3); break;
-            default: mdot2_row(q4, nb, row, x, c0, part, 4); break;
+            float part[MDOT2_NC_K];
+            switch (kind) {
+            case MDOT2_Q4_0: MDOT2_SWITCH4(mdot2_row, m, true, nb, row, x, c0, part) break;
+            case MDOT2_Q8_0: MDOT2_SWITCH4(mdot2_row, m, false, nb, row, x, c0, part) break;
+            case MDOT2_Q4_K: MDOT2_SWITCH8(mdot2_q4_K_row, m, nb, row, x, c0, part) break;
+            default: MDOT2_SWITCH8(mdot2_q6_K_row, m, nb, row, x, c0, part) break;
             }
             for (int c = 0; c < m; c++) y[(size_t)(c0 + c) * ldy + (size_t)r] = part[c];
         }
@@ -1279,12 +1473,22 @@ static inline __attribute__((always_inline)) void mdot2(const bool q4, int64_t k
 
 void spud_mdot_q4_0_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                          size_t ldy) {
-    mdot2(true, k, w, rb, nr, x, nc, y, ldy);
+    mdot2(MDOT2_Q4_0, k, w, rb, nr, x, nc, y, ldy);
 }
 
 void spud_mdot_q8_0_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
                          size_t ldy) {
-    mdot2(false, k, w, rb, nr, x, nc, y, ldy);
+    mdot2(MDOT2_Q8_0, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_mdot_q4_K_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    mdot2(MDOT2_Q4_K, k, w, rb, nr, x, nc, y, ldy);
+}
+
+void spud_mdot_q6_K_avx2(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                         size_t ldy) {
+    mdot2(MDOT2_Q6_K, k, w, rb, nr, x, nc, y, ldy);
 }
 
 const spud_kernel_set spud_kernels_avx2 = {
@@ -1327,11 +1531,15 @@ const spud_kernel_set spud_kernels_avx2 = {
     .mdot = {
         [SPUD_TYPE_Q4_0] = spud_mdot_q4_0_avx2,
         [SPUD_TYPE_Q8_0] = spud_mdot_q8_0_avx2,
+        [SPUD_TYPE_Q4_K] = spud_mdot_q4_K_avx2,
+        [SPUD_TYPE_Q6_K] = spud_mdot_q6_K_avx2,
     },
     /* single thread, weights from memory (Zen 5 running this set), mdot vs
      * gemm: q4_0 2048 x 65536 at 6 rows 10.7 vs 12.4 ms, at 7 rows 13.2 vs
      * 13.3, at 8 rows 16.6 vs 14.1; q8_0 2048 x 32768 at 6 rows 7.2 vs 7.3, at
-     * 7 rows 8.0 vs 7.3 */
-    .mdot_max = {[SPUD_TYPE_Q4_0] = 6, [SPUD_TYPE_Q8_0] = 6},
+     * 7 rows 8.0 vs 7.3; at 16 rows q4_K 2048 x 65536 21.2 vs 29.9, 8192 x
+     * 8192 12.9 vs 14.3, q6_K 2048 x 65536 30.7 vs 37.7, 8192 x 8192 16.2 vs
+     * 17.3 (at 17 rows 17.7 vs 18.2) */
+    .mdot_max = {[SPUD_TYPE_Q4_0] = 6, [SPUD_TYPE_Q8_0] = 6, [SPUD_TYPE_Q4_K] = 16, [SPUD_TYPE_Q6_K] = 16},
     .swiglu_f32 = spud_swiglu_f32_avx2,
 };

@@ -1239,13 +1239,15 @@ Test(gemm, q6_K) { gemm_suite(SPUD_TYPE_Q6_K, gemm_len256, sizeof gemm_len256 / 
 static const int64_t gemm_len1[] = {1, 15, 16, 17, 100, 1000, 2051};
 
 /* Small-batch kernels (mdot): the gemm contract and bounds, for nc = 1..20
- * activation rows (past the kernels' 8 per pass) and 1, 3 or 16 weight rows,
- * over lengths with tails (blocks past a multiple of 16). */
+ * activation rows (past the kernels' 4 or 8 per pass) and 1, 3 or 16 weight
+ * rows, over lengths with tails (blocks past a multiple of 16, super-blocks
+ * past a multiple of 4). */
 static void mdot_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
     const spud_kernel_set *sets[SPUD_ISA_COUNT];
     static const int nrs[] = {1, 3, 16};
+    const int ns = simd_sets(sets);
     int tested = 0;
-    for (int s = 0, ns = simd_sets(sets); s < ns; s++) {
+    for (int s = 0; s < ns; s++) {
         if (!sets[s]->mdot[t]) continue;
         tested++;
         for (size_t li = 0; li < n_lengths; li++)
@@ -1258,6 +1260,9 @@ static void mdot_suite(spud_type t, const int64_t *lengths, size_t n_lengths) {
             }
     }
     cr_log_info("%s: mdot checked on %d ISA(s)", spud_type_get(t)->name, tested);
+    /* every SIMD set has the four quantized mdots (AVX2 since issue 7): one
+     * that loses a kernel fails here rather than going unchecked */
+    cr_assert_eq(tested, ns, "%s: a SIMD set this CPU runs has no mdot", spud_type_get(t)->name);
 }
 
 static const int64_t mdot_len32[] = {32, 96, 512, 544, 1056, 4128, 2048 + 15 * 32, 8192 + 32};
@@ -1497,6 +1502,9 @@ static void check_attn(spud_type kv, int hd, int nq, int n, uint64_t seed) {
 
 Test(attn, against_reference) {
     spud_kernels_init(false);
+    const spud_kernel_set *sets[SPUD_ISA_COUNT];
+    for (int s = 0, ns = simd_sets(sets); s < ns; s++) /* else check_attn would test their fallback */
+        cr_assert(sets[s]->attn && sets[s]->attn_q8, "%s: no SIMD attention over q8_0 caches", sets[s]->name);
     static const int hds[] = {16, 64, 80, 128};
     static const int nqs[] = {1, 3, 4, 5, 16};
     static const int ns[] = {1, 2, 15, 16, 17, 63, 64, 65, 200, 300};

@@ -1535,11 +1535,12 @@ const spud_kernel_set spud_kernels_avx2 = {
         [SPUD_TYPE_Q6_K] = spud_mdot_q6_K_avx2,
     },
     /* single thread, weights from memory (Zen 5 running this set), mdot vs
-     * gemm: q4_0 2048 x 65536 at 6 rows 10.7 vs 12.4 ms, at 7 rows 13.2 vs
-     * 13.3, at 8 rows 16.6 vs 14.1; q8_0 2048 x 32768 at 6 rows 7.2 vs 7.3, at
-     * 7 rows 8.0 vs 7.3; at 16 rows q4_K 2048 x 65536 21.2 vs 29.9, 8192 x
-     * 8192 12.9 vs 14.3, q6_K 2048 x 65536 30.7 vs 37.7, 8192 x 8192 16.2 vs
-     * 17.3 (at 17 rows 17.7 vs 18.2) */
-    .mdot_max = {[SPUD_TYPE_Q4_0] = 6, [SPUD_TYPE_Q8_0] = 6, [SPUD_TYPE_Q4_K] = 16, [SPUD_TYPE_Q6_K] = 16},
+     * gemm at 16 rows: q4_0 2048 x 131072 53.6 vs 61.0 ms, 8192 x 16384 27.4
+     * vs 30.0; q8_0 2048 x 65536 35.3 vs 40.8, 8192 x 8192 17.1 vs 21.4; q4_K
+     * 2048 x 65536 21.2 vs 29.9, 8192 x 8192 12.9 vs 14.3; q6_K 2048 x 65536
+     * 30.7 vs 37.7, 8192 x 8192 16.2 vs 17.3 (at 17 rows 17.7 vs 18.2). The
+     * q4_0 / q8_0 mdot lost to the gemm from 7 rows before its prefetches
+     * came back (e31b1ea). */
+    .mdot_max = {[SPUD_TYPE_Q4_0] = 16, [SPUD_TYPE_Q8_0] = 16, [SPUD_TYPE_Q4_K] = 16, [SPUD_TYPE_Q6_K] = 16},
     .swiglu_f32 = spud_swiglu_f32_avx2,
 };

@@ -33,7 +33,7 @@ typedef enum {
     SPUD_ISA_SCALAR = 0,
     SPUD_ISA_AVX2,   /* AVX2 + FMA + F16C */
     SPUD_ISA_AVX512, /* AVX-512 F/BW/VL/DQ + VNNI, plus the AVX2 set's requirements */
-    SPUD_ISA_AMX,    /* the AVX-512 set's requirements + AMX-TILE/INT8, with Linux's leave to use the tiles */
+    SPUD_ISA_AMX,    /* the AVX-512 set's requirements + AMX-TILE/INT8/BF16, with Linux's leave to use the tiles */
     SPUD_ISA_COUNT,
 } spud_isa;
 
@@ -49,6 +49,7 @@ typedef struct {
     int gemm_rows;                      /* weight rows per gemm call */
     spud_gemm_fn mdot[SPUD_TYPE_COUNT]; /* small-batch kernels (NULL: vec_dot per row) */
     int mdot_max[SPUD_TYPE_COUNT];      /* most activation rows for which mdot beats gemm */
+    bool gemm_bf16_split;               /* gemm[BF16] reads spud_gemm_x_bf16_split rows */
     spud_dot_f32_fn dot_f32;
     spud_axpy_f32_fn axpy_f32;
     spud_attn_fn attn; /* NULL: the reference */
@@ -59,7 +60,7 @@ typedef struct {
 extern const spud_kernel_set spud_kernels_scalar;
 extern const spud_kernel_set spud_kernels_avx2;
 extern const spud_kernel_set spud_kernels_avx512;
-extern const spud_kernel_set spud_kernels_amx; /* the AVX-512 set with AMX int8 gemm kernels */
+extern const spud_kernel_set spud_kernels_amx; /* the AVX-512 set with AMX int8 and bf16 gemm kernels */
 
 /* The set of an ISA (never NULL) and whether this CPU can run it. */
 const spud_kernel_set *spud_kernel_set_get(spud_isa isa);
@@ -157,7 +158,9 @@ void spud_mdot_q4_K_avx512(int64_t k, const void *w, size_t row_bytes, int nr, c
                            float *y, size_t ldy);
 void spud_mdot_q6_K_avx512(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc,
                            float *y, size_t ldy);
-/* AMX int8 (kernels_avx512.c): only where spud_cpu_has(SPUD_ISA_AMX) */
+/* AMX int8 and bf16 (kernels_avx512.c): only where spud_cpu_has(SPUD_ISA_AMX) */
+void spud_gemm_bf16_amx(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc, float *y,
+                        size_t ldy);
 void spud_gemm_q4_0_amx(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc, float *y,
                         size_t ldy);
 void spud_gemm_q8_0_amx(int64_t k, const void *w, size_t row_bytes, int nr, const spud_gemm_x *x, int nc, float *y,

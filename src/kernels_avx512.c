@@ -1513,6 +1513,95 @@ void spud_gemm_bf16_avx512(int64_t k, const void *w, size_t rb, int nr, const sp
     fgemm(SPUD_TYPE_BF16, k, w, rb, nr, x, nc, y, ldy);
 }
 
+/* ---- AMX bf16 tiles: BF16 weights ----
+ *
+ * TDPBF16PS multiplies bf16 values exactly and sums in f32. With the
+ * activations split into three bf16 parts (hi + mid + lo = x exactly,
+ * spud_gemm_x_bf16_split), three tile products per step of 32 elements give
+ * the f32 products of the BF16 weights. The tile sums every pair in sequence
+ * (its own rounding order, and subnormal parts read as zero), so the bound is
+ * looser than the AVX-512 kernel's: k roundings (tests/test_kernels.c). B
+ * tiles: 16 element pairs x 16 weight rows (the pair layout TDPBF16PS wants),
+ * packed per chunk of AMXB_KC elements; A tiles: 16 activation rows x 32 bf16
+ * straight from the split arrays; C tiles: 16 x 16 f32 per block of
+ * activation rows, kept in L1 between chunks. Activation rows past the last
+ * full 16 go through fgemm. Tiles: 0 C, 1 B, 2-4 A (hi, mid, lo). */
+#define AMXB_KC 512
+#define AMXB_GROUP 256 /* activation rows per pass: their C tiles take 16 KB */
+
+static void amxb_configure(void) {
+    _Alignas(64) amx_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 5; t++) {
+        c.colsb[t] = 64;
+        c.rows[t] = 16;
+    }
+    _tile_loadconfig(&c);
+}
+
+/* bp[p * 16 + n] = elements 2p, 2p + 1 of weight row n (zero past nr rows
+ * and past kc), for the ceil(kc / 32) * 16 pairs of the chunk. */
+static void amxb_pack(const void *w, size_t rb, int nr, int64_t k0, int kc, uint32_t *bp) {
+    const int np = (kc + 31) / 32 * 16;
+    for (int n = 0; n < 16; n++) {
+        const spud_bf16 *row = (const spud_bf16 *)(const void *)((const char *)w + (size_t)n * rb) + k0;
+        for (int p = 0; p < np; p++) {
+            uint32_t v = 0;
+            if (n < nr) {
+                const uint32_t a = 2 * p < kc ? row[2 * p] : 0, b = 2 * p + 1 < kc ? row[2 * p + 1] : 0;
+                v = a | b << 16;
+            }
+            bp[(size_t)p * 16 + (size_t)n] = v;
+        }
+    }
+}
+
+void spud_gemm_bf16_amx(int64_t k, const void *w, size_t rb, int nr, const spud_gemm_x *x, int nc, float *y,
+                        size_t ldy) {
+    const int nc16 = nc & ~15;
+    if (nc16) {
+        _Alignas(64) uint32_t bp[AMXB_KC / 2 * 16];
+        _Alignas(64) float acc[AMXB_GROUP / 16][256];
+        const size_t part = ((size_t)k * 2 + 63) & ~(size_t)63;
+        const char *split = (const char *)x->x + (((size_t)k * sizeof(float) + 63) & ~(size_t)63);
+        const long xs = (long)x->x_stride;
+        const __mmask16 rmask = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+        amxb_configure();
+        for (int g0 = 0; g0 < nc16; g0 += AMXB_GROUP) {
+            const int gn = nc16 - g0 < AMXB_GROUP ? nc16 - g0 : AMXB_GROUP;
+            for (int64_t k0 = 0; k0 < k; k0 += AMXB_KC) {
+                const int kc = (int)(k - k0 < AMXB_KC ? k - k0 : AMXB_KC);
+                amxb_pack(w, rb, nr, k0, kc, bp);
+                for (int b = 0; b < gn / 16; b++) {
+                    const char *a = split + (size_t)(g0 + 16 * b) * x->x_stride + (size_t)k0 * 2;
+                    if (k0 == 0)
+                        _tile_zero(0);
+                    else
+                        _tile_loadd(0, acc[b], 64);
+                    for (int t = 0; t < (kc + 31) / 32; t++) {
+                        _tile_loadd(1, bp + (size_t)t * 256, 64);
+                        _tile_loadd(2, a + 64 * t, xs);
+                        _tile_loadd(3, a + part + 64 * t, xs);
+                        _tile_loadd(4, a + 2 * part + 64 * t, xs);
+                        _tile_dpbf16ps(0, 2, 1);
+                        _tile_dpbf16ps(0, 3, 1);
+                        _tile_dpbf16ps(0, 4, 1);
+                    }
+                    _tile_stored(0, acc[b], 64);
+                }
+            }
+            for (int c = 0; c < gn; c++)
+                _mm512_mask_storeu_ps(y + (size_t)(g0 + c) * ldy, rmask, _mm512_load_ps(acc[c / 16] + 16 * (c % 16)));
+        }
+        _tile_release();
+    }
+    if (nc > nc16) {
+        const spud_gemm_x rest = {.x = (const char *)x->x + (size_t)nc16 * x->x_stride, .x_stride = x->x_stride};
+        fgemm(SPUD_TYPE_BF16, k, w, rb, nr, &rest, nc - nc16, y + (size_t)nc16 * ldy, ldy);
+    }
+}
+
 /* ---- attention (online softmax over tiles of 64 positions) ----
  *
  * Queries go four at a time: for a tile, the scores of 4 queries x 64
@@ -1790,8 +1879,8 @@ void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_
         attn_impl(KV_F32, hd, nq, q, last, k, v, out, work);
 }
 
-/* The AVX-512 set and the AMX set differ only in the quantized gemm kernels. */
-#define AVX512_SET(NAME, GEMM)                                                                                         \
+/* The AVX-512 set and the AMX set differ only in the gemm kernels of Q4_0, Q8_0, Q4_K, Q6_K and BF16. */
+#define AVX512_SET(NAME, GEMM, SPLIT)                                                                                  \
     {                                                                                                                  \
     .name = NAME,                                                                                                      \
     .vec_dot = {                                                                                                       \
@@ -1822,9 +1911,10 @@ void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_
         [SPUD_TYPE_Q6_K] = spud_gemm_q6_K_##GEMM,                                                                      \
         [SPUD_TYPE_F32] = spud_gemm_f32_avx512,                                                                        \
         [SPUD_TYPE_F16] = spud_gemm_f16_avx512,                                                                        \
-        [SPUD_TYPE_BF16] = spud_gemm_bf16_avx512,                                                                      \
+        [SPUD_TYPE_BF16] = spud_gemm_bf16_##GEMM,                                                                      \
     },                                                                                                                 \
     .gemm_rows = GEMM_ROWS,                                                                                            \
+    .gemm_bf16_split = SPLIT,                                                                                          \
     .mdot = {                                                                                                          \
         [SPUD_TYPE_Q4_0] = spud_mdot_q4_0_avx512,                                                                      \
         [SPUD_TYPE_Q8_0] = spud_mdot_q8_0_avx512,                                                                      \
@@ -1847,6 +1937,6 @@ void spud_attn_avx512(int hd, int nq, const float *q, const int32_t *last, spud_
     .swiglu_f32 = spud_swiglu_f32_avx512,                                                                              \
 }
 
-const spud_kernel_set spud_kernels_avx512 = AVX512_SET("avx512", avx512);
-const spud_kernel_set spud_kernels_amx = AVX512_SET("amx", amx);
+const spud_kernel_set spud_kernels_avx512 = AVX512_SET("avx512", avx512, false);
+const spud_kernel_set spud_kernels_amx = AVX512_SET("amx", amx, true);
 

@@ -54,7 +54,7 @@ static bool use_gemm(const spud_type_info *ti, int64_t n) { return path_of(ti, n
 size_t spud_matmul_scratch_bytes(const spud_weight *w, int64_t n_rows) {
     const spud_type_info *ti = spud_type_get(w->type);
     size_t bytes = spud_row_size(ti->vec_dot_type, w->n_in) * (size_t)n_rows;
-    if (ti->gemm_group) {
+    if (ti->gemm_group || ti->gemm_x_rows) {
         size_t g = spud_gemm_x_row_bytes(w->type, w->n_in) * (size_t)n_rows;
         if (g > bytes) bytes = g;
     }
@@ -155,7 +155,7 @@ void spud_matmul_multi(spud_pool *pool, const spud_matmul_out *outs, int n_outs,
     const spud_type_info *ti = spud_type_get(w0->type);
     matmul_job j = {.pool = pool, .outs = outs, .n_outs = n_outs, .x = x, .n = n, .prep = prep,
                     .prep_arg = prep_arg, .gemm = use_gemm(ti, n)};
-    if (j.gemm && !ti->gemm_group) {
+    if (j.gemm && !ti->gemm_group && !ti->gemm_x_rows) {
         j.xq = x; /* float gemm: the rows as they are */
         j.xq_row = (size_t)w0->n_in * sizeof(float);
     } else if (j.gemm) {

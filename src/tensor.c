@@ -786,14 +786,15 @@ static bool cpu_has_avx512(void) {
            __builtin_cpu_supports("avx512vnni");
 }
 
-/* AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 24, 25), the tile state
+/* AMX-TILE, AMX-INT8 and AMX-BF16 (CPUID.(7,0):EDX bits 24, 25, 22), the tile state
  * enabled by the OS (XCR0 bits 17, 18), and Linux's leave for this process
  * to use it (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, Linux 5.16+;
  * without it the first tile instruction kills the process). Asked once. */
 static bool amx_usable;
 static void amx_probe(void) {
     unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return;
+    const unsigned tile_bits = 1u << 24 | 1u << 25 | 1u << 22;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || (d & tile_bits) != tile_bits) return;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return; /* OSXSAVE: xgetbv works */
     unsigned lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
@@ -826,6 +827,7 @@ static _Atomic(spud_axpy_f32_fn) axpy_f32_fn = spud_axpy_f32_ref;
 static _Atomic(spud_attn_fn) attn_fn = spud_attn_ref;
 static _Atomic(spud_swiglu_fn) swiglu_fn = spud_swiglu_f32_ref;
 static _Atomic(bool) attn_q8_simd = false, attn_simd = false;
+static _Atomic(bool) gemm_bf16_split = false; /* the dispatched BF16 gemm reads the bf16 split */
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *init_isa; /* NULL until the first call; guarded by init_lock */
@@ -860,6 +862,7 @@ const char *spud_kernels_init(bool force_scalar) {
                 ti->gemm = ks->gemm[t];
                 ti->gemm_rows = ks->gemm_rows;
             }
+            ti->gemm_x_rows = t == SPUD_TYPE_BF16 && ks->gemm_bf16_split;
             if (ks->mdot[t]) {
                 ti->mdot = ks->mdot[t];
                 ti->mdot_max = ks->mdot_max[t];
@@ -871,6 +874,7 @@ const char *spud_kernels_init(bool force_scalar) {
         atomic_store_explicit(&attn_fn, ks->attn ? ks->attn : spud_attn_ref, memory_order_relaxed);
         atomic_store_explicit(&attn_simd, ks->attn != NULL, memory_order_relaxed);
         atomic_store_explicit(&attn_q8_simd, ks->attn && ks->attn_q8, memory_order_relaxed);
+        atomic_store_explicit(&gemm_bf16_split, ks->gemm_bf16_split, memory_order_relaxed);
         atomic_store_explicit(&swiglu_fn, ks->swiglu_f32 ? ks->swiglu_f32 : spud_swiglu_f32_ref, memory_order_relaxed);
         init_isa = ks->name;
         spud_log(SPUD_LOG_DEBUG, "kernels: %s", init_isa);
@@ -901,7 +905,8 @@ size_t spud_gemm_x_scale_offset(spud_type t, int64_t n) {
 
 size_t spud_gemm_x_row_bytes(spud_type t, int64_t n) {
     const spud_type_info *ti = spud_type_get(t);
-    if (!ti->gemm_group) return round64((size_t)n * sizeof(float));
+    if (!ti->gemm_group)
+        return round64((size_t)n * sizeof(float)) + (t == SPUD_TYPE_BF16 ? 3 * round64((size_t)n * 2) : 0);
     return spud_gemm_x_scale_offset(t, n) + round64(2 * (size_t)(n / ti->gemm_group) * sizeof(float));
 }
 
@@ -910,6 +915,8 @@ void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row) {
     const int gs = ti->gemm_group;
     if (!gs) {
         memcpy(row, x, (size_t)n * sizeof(float));
+        if (t == SPUD_TYPE_BF16 && atomic_load_explicit(&gemm_bf16_split, memory_order_relaxed))
+            spud_gemm_x_bf16_split(n, row);
         return;
     }
     int8_t *q = row;
@@ -971,6 +978,20 @@ static void mdot_x_q4_K(int64_t n, void *row) {
         memcpy(q + g0 * 32, tv, sizeof tv);
         memcpy(s + g0, td, sizeof td);
         memcpy(s + ng + g0, ta, sizeof ta);
+    }
+}
+
+void spud_gemm_x_bf16_split(int64_t n, void *row) {
+    const float *x = row;
+    const size_t part = round64((size_t)n * 2);
+    spud_bf16 *hi = (spud_bf16 *)(void *)((char *)row + round64((size_t)n * sizeof(float)));
+    spud_bf16 *mid = hi + part / 2, *lo = mid + part / 2;
+    memset(hi, 0, 3 * part);
+    for (int64_t i = 0; i < n; i++) { /* each rest is exact in f32: 24 bits = 3 x 8 */
+        hi[i] = spud_f32_to_bf16(x[i]);
+        const float r1 = x[i] - spud_bf16_to_f32(hi[i]);
+        mid[i] = spud_f32_to_bf16(r1);
+        lo[i] = spud_f32_to_bf16(r1 - spud_bf16_to_f32(mid[i]));
     }
 }
 

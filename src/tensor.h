@@ -96,7 +96,11 @@ typedef void (*spud_vec_dot_fn)(int64_t n, float *s, const void *w, const void *
  *                     gemm kernels take the weights as unsigned values
  *                     (q4_0 nibbles, q8_0 values + 128, q6_K 6-bit values),
  *                     and an accumulator started at aux is exact.
- * Float weights: row c is k floats at x + c * x_stride; s is unused. */
+ * Float weights: row c is k floats at x + c * x_stride; s is unused. BF16
+ * weights, where the dispatched gemm is the AMX one (spud_gemm_x_bf16_split):
+ * after the floats, at spud_gemm_x_scale_offset bytes, three arrays of k
+ * bf16 values (each 64-byte aligned, zero up to the next multiple of 32
+ * elements): hi, mid and lo, with hi + mid + lo = x exactly. */
 typedef struct {
     const void *x;
     size_t x_stride;
@@ -127,6 +131,8 @@ typedef struct {
     spud_gemm_fn mdot; /* dispatched small-batch kernel (gemm contract, any nr and nc, weights read
                         * in place: for a few activation rows), or NULL (use vec_dot per row) */
     int mdot_max;      /* most activation rows for which mdot is faster than gemm */
+    bool gemm_x_rows;  /* float weights whose dispatched gemm reads spud_gemm_x_row rows (the AMX
+                        * bf16 split) rather than the f32 rows as they are */
 } spud_type_info;
 
 /* Traits of a type, or NULL for an id we do not support (or out of range). */
@@ -198,6 +204,9 @@ size_t spud_gemm_x_scale_offset(spud_type t, int64_t n);
 void spud_mdot_x_row(spud_type t, const float *x, int64_t n, void *row);
 /* Reorder one spud_gemm_x row of type t into the mdot layout, in place. */
 void spud_mdot_x_from_gemm(spud_type t, int64_t n, void *row);
+/* Write the hi / mid / lo bf16 split of a BF16 spud_gemm_x row's floats
+ * (spud_gemm_x_row does so itself when the dispatched BF16 gemm reads it). */
+void spud_gemm_x_bf16_split(int64_t n, void *row);
 
 /* ---- attention over one KV head of a cache (dispatched) ----
  *

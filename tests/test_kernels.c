@@ -23,7 +23,9 @@
  *   - gemm kernels (matrix-matrix), quantized weights: every output within
  *     (ng + 8) * 2^-23 * M of exact, ng = k / gemm_group (each group's integer
  *     sum is exact; groups are scaled and summed in float); float weights
- *     (f32, f16, bf16): within the float dots' bound; both also within that
+ *     (f32, f16, bf16): within the float dots' bound (the AMX bf16 kernel,
+ *     whose tiles sum each row's pairs in sequence: (k + 16) * 2^-23 * M,
+ *     with M the sum of |w x|); both also within that
  *     plus the vec_dot bound of the reference vec_dot; spud_gemm_x_row's int8
  *     values and scales equal the vec_dot_type quantizer's, bit for bit;
  *   - mdot kernels (small-batch, the gemm contract; nc = 1..20 activation
@@ -1116,6 +1118,10 @@ static void check_gemm_fn(const spud_kernel_set *ks, spud_gemm_fn fn, const char
     char *xs = gemm_rows(t, k, nc, pat, seed, &xv);
     if (!strcmp(what, "mdot"))
         for (int c = 0; c < nc; c++) spud_mdot_x_from_gemm(t, k, xs + (size_t)c * xrow);
+    /* the AMX bf16 gemm reads the activations' bf16 split */
+    const bool split = t == SPUD_TYPE_BF16 && ks->gemm_bf16_split && !strcmp(what, "gemm");
+    if (split)
+        for (int c = 0; c < nc; c++) spud_gemm_x_bf16_split(k, xs + (size_t)c * xrow);
     const spud_gemm_x gx = {.x = xs, .x_stride = xrow,
                             .s = ti->gemm_group ? (const float *)(const void *)(xs + spud_gemm_x_scale_offset(t, k)) : NULL,
                             .s_stride = xrow / sizeof(float)};
@@ -1133,7 +1139,8 @@ static void check_gemm_fn(const spud_kernel_set *ks, spud_gemm_fn fn, const char
     }
     const double nb = (double)(k / ti->block_size);
     /* float weights: the float dot's bound (no groups); quantized: groups scaled in float */
-    const double terms = ti->gemm_group ? (double)(k / ti->gemm_group) + 8 : (double)k / 8 + 16;
+    /* AMX bf16 tiles sum every pair of a row in sequence: k roundings */
+    const double terms = ti->gemm_group ? (double)(k / ti->gemm_group) + 8 : split ? (double)k + 16 : (double)k / 8 + 16;
     const double ref_terms = ti->is_quantized ? nb + 8 : (double)k / 8 + 16;
     for (int r = 0; r < nr; r++) {
         const char *row = (const char *)w.p + (size_t)r * rb;

@@ -1518,9 +1518,9 @@ void spud_gemm_bf16_avx512(int64_t k, const void *w, size_t rb, int nr, const sp
  * TDPBF16PS multiplies bf16 values exactly and sums in f32. With the
  * activations split into three bf16 parts (hi + mid + lo = x exactly,
  * spud_gemm_x_bf16_split), three tile products per step of 32 elements give
- * the f32 products of the BF16 weights. The tile sums every pair in sequence
- * (its own rounding order, and subnormal parts read as zero), so the bound is
- * looser than the AVX-512 kernel's: k roundings (tests/test_kernels.c). B
+ * the f32 products of the BF16 weights. The tile adds all 3k products to one
+ * sum in sequence (and reads subnormal parts as zero), so the bound is looser
+ * than the AVX-512 kernel's: 3k roundings of half an ulp (tests/test_kernels.c). B
  * tiles: 16 element pairs x 16 weight rows (the pair layout TDPBF16PS wants),
  * packed per chunk of AMXB_KC elements; A tiles: 16 activation rows x 32 bf16
  * straight from the split arrays; C tiles: 16 x 16 f32 per block of

@@ -24,8 +24,9 @@
  *     (ng + 8) * 2^-23 * M of exact, ng = k / gemm_group (each group's integer
  *     sum is exact; groups are scaled and summed in float); float weights
  *     (f32, f16, bf16): within the float dots' bound (the AMX bf16 kernel,
- *     whose tiles sum each row's pairs in sequence: (k + 16) * 2^-23 * M,
- *     with M the sum of |w x|); both also within that
+ *     whose tiles add the products of the activations' three bf16 parts to
+ *     one sum in sequence: (1.5 k + 16) * 2^-23 * M, M = the sum of |w x|);
+ *     both also within that
  *     plus the vec_dot bound of the reference vec_dot; spud_gemm_x_row's int8
  *     values and scales equal the vec_dot_type quantizer's, bit for bit;
  *   - mdot kernels (small-batch, the gemm contract; nc = 1..20 activation
@@ -1139,8 +1140,9 @@ static void check_gemm_fn(const spud_kernel_set *ks, spud_gemm_fn fn, const char
     }
     const double nb = (double)(k / ti->block_size);
     /* float weights: the float dot's bound (no groups); quantized: groups scaled in float */
-    /* AMX bf16 tiles sum every pair of a row in sequence: k roundings */
-    const double terms = ti->gemm_group ? (double)(k / ti->gemm_group) + 8 : split ? (double)k + 16 : (double)k / 8 + 16;
+    /* AMX bf16 tiles add every product of a row's three parts to one sum in sequence: 3k roundings of half an ulp */
+    const double terms =
+        ti->gemm_group ? (double)(k / ti->gemm_group) + 8 : split ? 1.5 * (double)k + 16 : (double)k / 8 + 16;
     const double ref_terms = ti->is_quantized ? nb + 8 : (double)k / 8 + 16;
     for (int r = 0; r < nr; r++) {
         const char *row = (const char *)w.p + (size_t)r * rb;

@@ -827,7 +827,6 @@ static _Atomic(spud_axpy_f32_fn) axpy_f32_fn = spud_axpy_f32_ref;
 static _Atomic(spud_attn_fn) attn_fn = spud_attn_ref;
 static _Atomic(spud_swiglu_fn) swiglu_fn = spud_swiglu_f32_ref;
 static _Atomic(bool) attn_q8_simd = false, attn_simd = false;
-static _Atomic(bool) gemm_bf16_split = false; /* the dispatched BF16 gemm reads the bf16 split */
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *init_isa; /* NULL until the first call; guarded by init_lock */
@@ -874,7 +873,6 @@ const char *spud_kernels_init(bool force_scalar) {
         atomic_store_explicit(&attn_fn, ks->attn ? ks->attn : spud_attn_ref, memory_order_relaxed);
         atomic_store_explicit(&attn_simd, ks->attn != NULL, memory_order_relaxed);
         atomic_store_explicit(&attn_q8_simd, ks->attn && ks->attn_q8, memory_order_relaxed);
-        atomic_store_explicit(&gemm_bf16_split, ks->gemm_bf16_split, memory_order_relaxed);
         atomic_store_explicit(&swiglu_fn, ks->swiglu_f32 ? ks->swiglu_f32 : spud_swiglu_f32_ref, memory_order_relaxed);
         init_isa = ks->name;
         spud_log(SPUD_LOG_DEBUG, "kernels: %s", init_isa);
@@ -915,7 +913,7 @@ void spud_gemm_x_row(spud_type t, const float *x, int64_t n, void *row) {
     const int gs = ti->gemm_group;
     if (!gs) {
         memcpy(row, x, (size_t)n * sizeof(float));
-        if (t == SPUD_TYPE_BF16 && atomic_load_explicit(&gemm_bf16_split, memory_order_relaxed))
+        if (ti->gemm_x_rows) /* BF16 under the AMX gemm: the bf16 split too */
             spud_gemm_x_bf16_split(n, row);
         return;
     }

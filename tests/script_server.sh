@@ -17,13 +17,7 @@ set -euo pipefail
 command -v node >/dev/null || { echo "script_server: node is missing (scripts/install-deps.sh)"; exit 1; }
 [ -d "$SRC/node_modules/openai" ] || { echo "script_server: npm packages missing (scripts/install-deps.sh)"; exit 1; }
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$SRC/tests/server/start.sh" # $tmp (removed on exit), pids (killed on exit), start NAME ARGS...
 
 "$SPUD" gen-model --arch llama --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --type f32 --seed 1 \
   -o "$tmp/gen.gguf" >/dev/null 2>&1
@@ -43,7 +37,6 @@ T="${SHARED:-$SRC/../shared}/templates"
 "$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/gen.gguf" "$tmp/harmony.gguf" "$SRC/tests/server/harmony.jinja"
 printf '# keys for the test server\n\n  sk-from-file  \n' >"$tmp/keys"
 
-. "$SRC/tests/server/start.sh" # start NAME ARGS...: a server; sets URL_NAME and PID_NAME
 
 # stop NAME PID: SIGTERM, then the exit status must be 0.
 stop() {

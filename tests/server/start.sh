@@ -1,5 +1,14 @@
-# Sourced by the server test scripts. Needs $SPUD, $tmp and an array `pids` (the caller kills them on exit).
+# Sourced by the server test scripts (needs $SPUD). Makes $tmp, a scratch folder, and `pids`, the servers
+# started; on exit the servers are killed and $tmp removed.
 #
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
 # start NAME ARGS...: a server on a free port; sets URL_NAME and PID_NAME once /health answers 200.
 start() {
   local name=$1; shift

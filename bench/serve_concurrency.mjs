@@ -10,15 +10,10 @@
 // and the first stream's end, over that window), and time to first token (mean / max). Then "TTFT under
 // load": a new request's time to first token while N-1 streams are generating. With --repeat R each
 // round runs R times and the fastest is reported (on a shared machine the best run is the least disturbed).
-import { spawn } from 'node:child_process';
-import { createRequire } from 'node:module';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const { default: OpenAI } = await import(createRequire(root + '/package.json').resolve('openai'));
+import { args, root, startServer } from './serve_lib.mjs';
 
-const args = Object.fromEntries(process.argv.slice(2).reduce((a, v, i, all) => (v.startsWith('--') ? [...a, [v.slice(2), all[i + 1]]] : a), []));
 const spud = args.spud ?? resolve(root, 'build/spud');
 const model = args.model ?? '/tmp/l1b-q4_0.gguf';
 const threads = args.threads ?? '2';
@@ -29,18 +24,9 @@ const ctx = args.ctx ?? '512';
 const chunk = args['prefill-chunk'] ?? '64';
 const repeat = Number(args.repeat ?? 1);
 
-const srv = spawn(spud, ['serve', '-m', model, '--port', '0', '-t', threads, '--parallel', parallel, '--ctx-size', ctx,
-  '--prefill-chunk', chunk], { stdio: ['ignore', 'ignore', 'pipe'] });
-const url = await new Promise((ok, fail) => {
-  let log = '';
-  srv.stderr.on('data', (d) => {
-    log += d;
-    const m = /listening on (http:\/\/\S+)/.exec(log);
-    if (m && /ready in/.test(log)) ok(m[1]);
-  });
-  srv.on('exit', (c) => fail(new Error('server exited ' + c + ': ' + log)));
-});
-const c = new OpenAI({ baseURL: url + '/v1', apiKey: 'none', maxRetries: 0, timeout: 3600e3 });
+const server = await startServer(spud, ['-m', model, '-t', threads, '--parallel', parallel, '--ctx-size', ctx,
+  '--prefill-chunk', chunk]);
+const c = server.client;
 const prompt = (i) => [{ role: 'user', content: `Stream ${i}: write a long story about a lighthouse keeper and the sea, chapter ${i}.` }];
 
 async function stream(i, n, onFirst = () => {}) {
@@ -111,5 +97,4 @@ for (const n of streams.filter((x) => x > 1)) {
   await Promise.all(bg);
   console.log(`TTFT of a new request while ${n - 1} streams generate: ${((probe.first - probe.t0) / 1000).toFixed(2)} s`);
 }
-srv.kill('SIGTERM');
-await new Promise((r) => srv.on('exit', r));
+await server.stop();

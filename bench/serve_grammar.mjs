@@ -9,16 +9,11 @@
 // first chunk, which comes with the first token, to the end of the stream), so the prompt's prefill is
 // left out. Modes alternate run by run; the fastest of --repeat runs is reported (a shared machine
 // disturbs the others), with the mean.
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const { default: OpenAI } = await import(createRequire(root + '/package.json').resolve('openai'));
+import { args, root, startServer } from './serve_lib.mjs';
 
-const args = Object.fromEntries(process.argv.slice(2).reduce((a, v, i, all) => (v.startsWith('--') ? [...a, [v.slice(2), all[i + 1]]] : a), []));
 const spud = args.spud ?? resolve(root, 'build/spud');
 const model = args.model ?? '/tmp/l1b-q4_0.gguf';
 const threads = args.threads ?? '2';
@@ -26,18 +21,8 @@ const tokens = Number(args.tokens ?? 64);
 const repeat = Number(args.repeat ?? 5);
 const schema = JSON.parse(readFileSync(args.schema ?? resolve(root, 'bench/nested_schema.json'), 'utf8'));
 
-const srv = spawn(spud, ['serve', '-m', model, '--port', '0', '-t', threads, '--parallel', '1', '--ctx-size', '1024'],
-  { stdio: ['ignore', 'ignore', 'pipe'] });
-const url = await new Promise((ok, fail) => {
-  let log = '';
-  srv.stderr.on('data', (d) => {
-    log += d;
-    const m = /listening on (http:\/\/\S+)/.exec(log);
-    if (m && /ready in/.test(log)) ok(m[1]);
-  });
-  srv.on('exit', (code) => fail(new Error('server exited ' + code + ': ' + log)));
-});
-const c = new OpenAI({ baseURL: url + '/v1', apiKey: 'none', maxRetries: 0, timeout: 3600e3 });
+const server = await startServer(spud, ['-m', model, '-t', threads, '--parallel', '1', '--ctx-size', '1024']);
+const c = server.client;
 const messages = [{ role: 'user', content: 'Give me the order as JSON.' }];
 
 async function run(extra, seed) {
@@ -69,4 +54,4 @@ for (const [k, [name]] of modes.entries()) {
   const mean = (f) => rs.reduce((a, r) => a + f(r), 0) / rs.length;
   console.log(`| ${name} | ${mean((r) => r.n).toFixed(1)} | ${Math.max(...rs.map((r) => r.tps)).toFixed(1)} | ${mean((r) => r.tps).toFixed(1)} |`);
 }
-srv.kill('SIGTERM');
+await server.stop();

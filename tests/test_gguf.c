@@ -19,16 +19,7 @@
 #include "gguf.h"
 #include "tensor.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HAVE_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HAVE_LSAN 1
-#endif
-#endif
-#ifdef HAVE_LSAN
-#include <sanitizer/lsan_interface.h>
-#endif
+#include "leak_check.h" /* check_leaks() */
 
 /* ---- scratch directory, one per test ---- */
 
@@ -56,14 +47,6 @@ static void teardown(void) {
 }
 
 TestSuite(gguf, .init = setup, .fini = teardown);
-
-/* Criterion ignores a leak report at process exit (and failures in .fini), so
- * under ASan each test body ends with a leak check of its own. */
-static void check_leaks(void) {
-#ifdef HAVE_LSAN
-    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "memory leaked (see the report above)");
-#endif
-}
 
 #define GGUF_TEST(name)                                                                            \
     static void name##_body(void);                                                                 \

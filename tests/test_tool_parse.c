@@ -18,23 +18,7 @@
 #include "core.h"
 #include "tool_parse.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HAVE_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HAVE_LSAN 1
-#endif
-#endif
-#ifdef HAVE_LSAN
-#include <sanitizer/lsan_interface.h>
-#endif
-
-/* Criterion ignores a leak report at process exit: under ASan, tests end with a leak check of their own. */
-static void check_leaks(void) {
-#ifdef HAVE_LSAN
-    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "memory leaked (see the report above)");
-#endif
-}
+#include "leak_check.h" /* check_leaks() */
 
 #define MAX_CALLS 64
 
